@@ -1,0 +1,35 @@
+# One venv for everything; `make test` is the README's test command and what CI runs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install test test-all test-gpu lint format bench
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(VENV)/bin/ruff check mcssl tests benchmarks
+	$(VENV)/bin/ruff format --check mcssl tests benchmarks
+
+format: install
+	$(VENV)/bin/ruff check --fix mcssl tests benchmarks
+	$(VENV)/bin/ruff format mcssl tests benchmarks
+
+test: lint
+	$(PY) -m pytest -m "not slow and not gpu" -q
+
+test-all: lint
+	$(PY) -m pytest -m "not gpu" -q
+
+test-gpu: install
+	$(PY) -m pytest -m gpu -q
+
+bench: install
+	$(PY) benchmarks/train_throughput.py

@@ -1,0 +1,5 @@
+import sys
+
+from mcssl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,78 @@
+"""Training checkpoints (plain data, ``weights_only`` loadable) and the teacher export."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from mcssl.config import Config, config_from_dict
+
+EXPORT_FORMAT = "mcssl-teacher/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; one-line message."""
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temp file in the same folder, then rename: never a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """A ``last.pt`` (or a run folder holding one), loaded without unpickling code."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no training checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt / foreign files
+        raise CheckpointError(
+            f"{path} is not a readable mcssl checkpoint ({type(e).__name__})"
+        ) from None
+    if not isinstance(state, dict) or "teacher" not in state or "config" not in state:
+        raise CheckpointError(f"{path} is not an mcssl training checkpoint (no teacher/config)")
+    return state
+
+
+def export_teacher(run: str | Path, out: str | Path, dtype: str = "fp32") -> dict[str, str]:
+    """Teacher backbone + patch-concept head + centre -> ``.safetensors`` with metadata.
+
+    Keys: ``backbone.*`` (loads strictly into the timm model), ``head.*`` and ``center``."""
+    state = load_training_state(run)
+    cfg: Config = config_from_dict(state["config"])
+    tensors = {k: v for k, v in state["teacher"].items()}
+    tensors = {k.replace("concept_head.", "head.", 1): v for k, v in tensors.items()}
+    tensors["center"] = state["patch_loss"]["center"]
+    cast = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    tensors = {k: v.to(cast).contiguous() for k, v in tensors.items()}
+    meta = {
+        "format": EXPORT_FORMAT,
+        "arch": cfg.model.arch,
+        "img_size": str(cfg.model.img_size),
+        "patch_size": str(cfg.model.patch_size),
+        "embed_dim": str(tensors["backbone.pos_embed"].shape[-1]),
+        "num_concepts": str(cfg.model.num_concepts),
+        "teacher_temp": str(cfg.loss.teacher_temp),
+        "recipe": cfg.recipe,
+        "steps": str(state["step"]),
+        "epochs": str(state["epoch"]),
+        "data": state.get("data", ""),
+        "dtype": dtype,
+        "config": json.dumps(cfg.to_dict()),
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, out)
+    return meta

@@ -1,0 +1,247 @@
+"""One config source: dataclass defaults <- YAML recipe <- dotted ``key=value`` overrides.
+
+The resolved config is saved next to every run (``RUN_DIR/config.yaml``) and inside every
+checkpoint, so a run can always be reproduced or resumed from its own folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config problem the user can fix; the message is one line."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "vit_small_patch16_224"  # any timm VisionTransformer name
+    patch_size: int = 16
+    img_size: int = 224
+    embed_dim: int = 0  # 0 = the architecture's own; set to shrink a model (smoke tests)
+    depth: int = 0
+    num_heads: int = 0
+    drop_path: float = 0.1
+    num_concepts: int = 8192  # K, the pseudo-concepts of the patch-concept head
+    head_hidden: int = 2048
+    head_bottleneck: int = 256
+    norm_last_layer: bool = True  # weight-norm gain frozen at 1
+    recon_hidden: int = 2048
+    recon_bottleneck: int = 256
+    cls_num_concepts: int = 8192  # only used when loss.cls_term is on
+
+
+@dataclass
+class GMMLConfig:
+    ratio: list[float] = field(default_factory=lambda: [0.4, 0.8])  # of the patches
+    max_block_frac: float = 0.3  # largest block side, as a fraction of the grid side
+    drop_weight: float = 1.0  # relative frequency of each block transformation
+    replace_weight: float = 1.0
+    colour_weight: float = 1.0
+
+
+@dataclass
+class LossConfig:
+    recon_type: str = "l1"  # l1 | mse
+    recon_region: str = "all"  # all | corrupted
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    center_momentum: float = 0.9
+    cls_term: bool = False  # DINO image-level loss on the CLS token (reference code)
+    combine: str = "average"  # average | fixed | uncertainty
+    recon_weight: float = 1.0  # used by combine=fixed
+    concept_weight: float = 1.0
+    cls_weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # image folder, a .txt file list, or "samples" (bundled sample photos)
+    repeat: int = 1  # virtual epoch length = repeat x number of images
+    global_crops: int = 2
+    local_crops: int = 0  # multi-crop; local crops only feed the CLS term
+    local_size: int = 96
+    global_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
+    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.25])
+    workers: int = 8
+    max_image_pixels: int = 100_000_000  # decompression-bomb guard
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 500
+    batch_size: int = 64  # per process
+    base_lr: float = 5e-4  # scaled by total batch / 256
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0  # global norm; 0 disables
+    freeze_last_layer_epochs: int = 1
+    momentum_teacher: float = 0.996
+    momentum_teacher_end: float = 1.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on capable GPUs, else fp32) | fp32 | bf16 | fp16
+    compile: bool = False
+    log_every: int = 10  # steps
+    save_every: int = 500  # steps; last.pt is also written at every epoch end
+    keep_every_epochs: int = 0  # also keep checkpoint-EPOCH.pt every N epochs; 0 = never
+    preview_every: int = 500  # steps; 0 = never
+
+
+@dataclass
+class Config:
+    recipe: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gmml: GMMLConfig = field(default_factory=GMMLConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "loss.recon_type": ("l1", "mse"),
+    "loss.recon_region": ("all", "corrupted"),
+    "loss.combine": ("average", "fixed", "uncertainty"),
+    "run.device": ("auto", "cpu", "cuda"),
+    "run.precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check ``value`` against a field type, converting int -> float where harmless."""
+    origin = typing.get_origin(typ)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key} must be a list, got {value!r}")
+        (item,) = typing.get_args(typ) or (Any,)
+        return [_coerce(v, item, key) for v in value]
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typ is Any or (isinstance(typ, type) and isinstance(value, typ)):
+        if typ is int and isinstance(value, bool):
+            raise ConfigError(f"config key {key} must be int, got {value!r}")
+        return value
+    name = getattr(typ, "__name__", str(typ))
+    raise ConfigError(f"config key {key} must be {name}, got {value!r}")
+
+
+def _merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    """Recursively set dataclass fields from a mapping; unknown keys are an error."""
+    hints = typing.get_type_hints(type(obj))
+    known = {f.name for f in dataclasses.fields(obj)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        names = ", ".join(prefix + k for k in unknown)
+        raise ConfigError(f"unknown config key(s): {names} (known: {', '.join(sorted(known))})")
+    for k, v in data.items():
+        current = getattr(obj, k)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(v, dict):
+                raise ConfigError(f"config key {prefix}{k} must be a mapping, got {v!r}")
+            _merge(current, v, f"{prefix}{k}.")
+        else:
+            setattr(obj, k, _coerce(v, hints[k], prefix + k))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["optim.epochs=3", "gmml.ratio=[0.5,0.7]"]`` -> nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that types alone cannot express."""
+    flat = {f"{s}.{k}": v for s, sub in cfg.to_dict().items() if isinstance(sub, dict)
+            for k, v in sub.items()}  # fmt: skip
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise ConfigError(f"config key {key} must be one of {choices}, got {flat[key]!r}")
+    lo, hi = (cfg.gmml.ratio + [None, None])[:2]
+    if len(cfg.gmml.ratio) != 2 or not 0.0 <= lo <= hi < 1.0:
+        raise ConfigError(f"gmml.ratio must be [low, high] with 0 <= low <= high < 1, got "
+                          f"{cfg.gmml.ratio}")  # fmt: skip
+    if cfg.model.img_size % cfg.model.patch_size:
+        raise ConfigError(f"model.img_size {cfg.model.img_size} is not a multiple of "
+                          f"model.patch_size {cfg.model.patch_size}")  # fmt: skip
+    if cfg.data.local_crops and cfg.data.local_size % cfg.model.patch_size:
+        raise ConfigError(f"data.local_size {cfg.data.local_size} is not a multiple of "
+                          f"model.patch_size {cfg.model.patch_size}")  # fmt: skip
+    if cfg.data.local_crops and not cfg.loss.cls_term:
+        raise ConfigError("data.local_crops > 0 needs loss.cls_term=true (local crops only "
+                          "feed the CLS term)")  # fmt: skip
+    if cfg.data.global_crops < 1 or cfg.optim.batch_size < 1 or cfg.optim.epochs < 1:
+        raise ConfigError("data.global_crops, optim.batch_size and optim.epochs must be >= 1")
+    if cfg.loss.cls_term and cfg.data.global_crops + cfg.data.local_crops < 2:
+        raise ConfigError("loss.cls_term needs at least two views (global_crops + local_crops)")
+    if not cfg.data.path:
+        raise ConfigError("data.path is empty: give an image folder, a file list or 'samples' "
+                          "(e.g. data.path=/data/images)")  # fmt: skip
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """A recipe is a YAML path, or the name of one in mcssl/configs (with or without .yaml)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / name_or_path, CONFIG_DIR / f"{name_or_path}.yaml"):
+        if cand.is_file():
+            return cand
+    known = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config {name_or_path!r} not found (a YAML path or one of: {known})")
+
+
+def load_config(recipe: str | None = None, overrides: list[str] | None = None) -> Config:
+    cfg = Config()
+    if recipe:
+        path = resolve_recipe(recipe)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+        data.setdefault("recipe", path.stem)
+        _merge(cfg, data)
+    _merge(cfg, parse_overrides(overrides or []))
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    _merge(cfg, data)
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,176 @@
+"""Unlabelled images -> augmented views, with a resumable distributed sampler.
+
+Every sample's augmentation is seeded by (seed, epoch, index), so a run gives the same
+batches whatever the number of workers and wherever it was resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
+
+from mcssl.config import Config
+from mcssl.images import IMAGE_EXTENSIONS, ImageError, find_images, load_rgb, sample_photos
+
+log = logging.getLogger(__name__)
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+MAX_CONSECUTIVE_FAILURES = 50
+
+
+class DataError(ValueError):
+    """A data problem the user can fix; one-line message."""
+
+
+def sit_augment(size: int, scale: tuple[float, float]) -> v2.Compose:
+    """SiT / DINO-style view: random resized crop, flip, colour jitter, greyscale, blur."""
+    k = max(3, int(0.1 * size) // 2 * 2 + 1)  # odd blur kernel, ~10% of the crop
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+            v2.RandomApply([v2.GaussianBlur(k, sigma=(0.1, 2.0))], p=0.5),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    )
+
+
+class UnlabelledImages(Dataset):
+    """Indexed by ``(epoch, i)``; returns global views, local views and a failure count.
+
+    Unreadable images are skipped (the next one is used instead) and counted, not fatal."""
+
+    def __init__(self, items: list[Path | Image.Image], cfg: Config, seed: int) -> None:
+        self.items = items
+        self.repeat = cfg.data.repeat
+        self.n_global, self.n_local = cfg.data.global_crops, cfg.data.local_crops
+        self.global_aug = sit_augment(cfg.model.img_size, tuple(cfg.data.global_scale))
+        self.local_aug = sit_augment(cfg.data.local_size, tuple(cfg.data.local_scale))
+        self.max_pixels = cfg.data.max_image_pixels
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.items) * self.repeat
+
+    def _load(self, i: int) -> Image.Image:
+        item = self.items[i % len(self.items)]
+        return item if isinstance(item, Image.Image) else load_rgb(item, self.max_pixels)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, i = key
+        failed = 0
+        while True:
+            try:
+                img = self._load(i + failed)
+                break
+            except ImageError as e:
+                log.warning("skipping unreadable image: %s", e)
+                failed += 1
+                if failed >= min(MAX_CONSECUTIVE_FAILURES, len(self.items)):
+                    raise DataError(f"{failed} unreadable images in a row ({e})") from None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, epoch, i)) & 0x7FFF_FFFF_FFFF)
+            views_g = [self.global_aug(img) for _ in range(self.n_global)]
+            views_l = [self.local_aug(img) for _ in range(self.n_local)]
+        return {"global": views_g, "local": views_l, "failed": failed}
+
+
+def collate(samples: list[dict]) -> dict:
+    """-> global: list of G tensors (B, 3, H, W); local: list of L tensors; failed: int."""
+    return {
+        "global": [torch.stack(v) for v in zip(*(s["global"] for s in samples), strict=True)],
+        "local": [torch.stack(v) for v in zip(*(s["local"] for s in samples), strict=True)],
+        "failed": sum(s["failed"] for s in samples),
+    }
+
+
+class ResumableDistributedSampler(Sampler):
+    """Shuffles per epoch with (seed, epoch), splits across ranks (drops the remainder so
+    every rank sees the same number of samples), and can start mid-epoch after a resume."""
+
+    def __init__(self, n: int, rank: int, world: int, seed: int, batch_size: int) -> None:
+        self.n, self.rank, self.world, self.seed = n, rank, world, seed
+        self.per_rank = (n // world) // batch_size * batch_size  # full batches only
+        self.batch_size = batch_size
+        self.epoch, self.skip_batches = 0, 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def __len__(self) -> int:
+        return self.per_rank - self.skip_batches * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)[self.rank :: self.world][: self.per_rank]
+        for i in perm[self.skip_batches * self.batch_size :].tolist():
+            yield self.epoch, i
+
+
+def resolve_items(path: str) -> tuple[list[Path | Image.Image], str]:
+    """data.path -> items and a short description of the data (saved in the export)."""
+    if path == "samples":
+        photos = sample_photos()
+        return list(photos.values()), f"samples: {len(photos)} scikit-image/scikit-learn photos"
+    try:
+        files = find_images(path)
+    except FileNotFoundError as e:
+        raise DataError(str(e)) from None
+    if not files:
+        exts = ", ".join(IMAGE_EXTENSIONS)
+        raise DataError(f"no images found under {path} (looked for {exts}, recursively)")
+    return list(files), f"{path}: {len(files)} images"
+
+
+@dataclass
+class DataBundle:
+    loader: DataLoader
+    sampler: ResumableDistributedSampler
+    steps_per_epoch: int
+    description: str
+
+
+def build_data(cfg: Config, rank: int, world: int, pin_memory: bool) -> DataBundle:
+    items, desc = resolve_items(cfg.data.path)
+    dataset = UnlabelledImages(items, cfg, cfg.run.seed)
+    bs = cfg.optim.batch_size
+    sampler = ResumableDistributedSampler(len(dataset), rank, world, cfg.run.seed, bs)
+    steps = sampler.per_rank // bs
+    if steps == 0:
+        need = bs * world
+        raise DataError(
+            f"{len(dataset)} samples ({len(items)} images x repeat {cfg.data.repeat}) is fewer "
+            f"than one batch of {need} (batch_size x processes); lower optim.batch_size or "
+            f"raise data.repeat"
+        )
+    loader = DataLoader(
+        dataset,
+        batch_size=bs,
+        sampler=sampler,
+        num_workers=cfg.data.workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        drop_last=True,
+        persistent_workers=cfg.data.workers > 0,
+        prefetch_factor=4 if cfg.data.workers else None,
+    )
+    return DataBundle(loader, sampler, steps, desc)
+
+
+def denormalise(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) normalised -> [0, 1]."""
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x.float() * std + mean).clamp(0, 1)

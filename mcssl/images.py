@@ -1,0 +1,86 @@
+"""Robust image loading shared by training and exploration: anything Pillow reads -> RGB."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message is one line and names the file."""
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode (palette, greyscale, 16-bit, float, CMYK, with alpha) -> 8-bit RGB.
+
+    Transparent pixels are put on white, as a viewer would show them."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
+        img = Image.fromarray(a.round().astype(np.uint8), "L")
+    if img.mode == "P" or img.mode in ("LA", "PA", "La", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, img)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open ``path`` (first frame if animated), apply EXIF orientation, return RGB.
+
+    Raises ImageError with a one-line reason for unreadable, empty, truncated or oversized
+    files; the size check happens before any pixel is decoded."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(f"{path}: {w}x{h} pixels exceeds the limit of {max_pixels}")
+            img.seek(0)
+            img.load()
+            out = to_rgb(ImageOps.exif_transpose(img))
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: refused as a decompression bomb ({e})") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageError(f"{path}: cannot read image ({reason})") from None
+    return out
+
+
+def find_images(root: str | Path) -> list[Path]:
+    """Image files under a folder (recursive, sorted) or listed in a .txt file (one per line,
+    relative paths resolved against the list's folder)."""
+    root = Path(root)
+    if root.is_file() and root.suffix.lower() == ".txt":
+        lines = [ln.strip() for ln in root.read_text().splitlines()]
+        return [(root.parent / ln) for ln in lines if ln and not ln.startswith("#")]
+    if not root.is_dir():
+        raise FileNotFoundError(f"data path {root} is neither a folder nor a .txt file list")
+    return sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
+
+
+def sample_photos() -> dict[str, Image.Image]:
+    """The colour photos shipped with scikit-image and scikit-learn (no network needed)."""
+    import skimage.data as sd
+    from sklearn.datasets import load_sample_images
+
+    names = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
+             "immunohistochemistry", "retina"]  # fmt: skip
+    photos = {n: Image.fromarray(getattr(sd, n)()) for n in names}
+    sk = load_sample_images()
+    for fname, arr in zip(sk.filenames, sk.images, strict=True):
+        photos[Path(fname).stem] = Image.fromarray(arr)
+    return photos

@@ -1,0 +1,10 @@
+from mcssl.losses.combine import combine_losses
+from mcssl.losses.concept import CenteredCrossEntropy, MultiViewCrossEntropy
+from mcssl.losses.recon import reconstruction_loss
+
+__all__ = [
+    "CenteredCrossEntropy",
+    "MultiViewCrossEntropy",
+    "combine_losses",
+    "reconstruction_loss",
+]

@@ -1,0 +1,378 @@
+"""The MC-SSL0.0 training loop: schedules, one step, EMA, logging and checkpoints.
+
+Single process, or DDP under torchrun (any number of GPUs / nodes; gloo on CPU).
+Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from mcssl import distributed
+from mcssl.checkpoint import atomic_save, load_training_state
+from mcssl.config import Config, ConfigError, config_from_dict, save_config
+from mcssl.data import build_data, denormalise
+from mcssl.gmml import GMMLParams, gmml_corrupt
+from mcssl.losses import (
+    CenteredCrossEntropy,
+    MultiViewCrossEntropy,
+    combine_losses,
+    reconstruction_loss,
+)
+from mcssl.models import Student, Teacher, ema_pairs, ema_update
+from mcssl.schedules import cosine_schedule, warmup_constant
+
+log = logging.getLogger(__name__)
+
+
+class TrainError(RuntimeError):
+    """Training cannot go on; one-line message for the user."""
+
+
+@dataclass
+class Schedules:
+    lr: np.ndarray
+    wd: np.ndarray
+    momentum: np.ndarray
+    teacher_temp: np.ndarray
+
+
+def build_schedules(cfg: Config, steps_per_epoch: int, world: int) -> Schedules:
+    o, total = cfg.optim, cfg.optim.epochs * steps_per_epoch
+    peak = o.base_lr * o.batch_size * world / 256  # linear scaling by the total batch
+    warm_tt = cfg.loss.warmup_teacher_temp_epochs * steps_per_epoch
+    return Schedules(
+        lr=cosine_schedule(peak, o.min_lr, total, o.warmup_epochs * steps_per_epoch),
+        wd=cosine_schedule(o.weight_decay, o.weight_decay_end, total),
+        momentum=cosine_schedule(o.momentum_teacher, o.momentum_teacher_end, total),
+        teacher_temp=warmup_constant(
+            cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp, total, warm_tt
+        ),
+    )
+
+
+def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only: not on biases, norms, gains or loss weights."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.endswith(".bias") or name.endswith("weight_g")
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "decay": True}, {"params": no_decay, "decay": False}]
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """-> autocast dtype, or None for fp32."""
+    if precision == "auto":
+        ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if ok else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def params_digest(module: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes: equal digests mean bit-identical weights."""
+    h = hashlib.sha256()
+    for name, p in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def prepare_run_dir(out: Path, resume: bool) -> None:
+    """Creates RUN_DIR; a clear error if it cannot be written or would be overwritten."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise TrainError(f"cannot write to output folder {out}: {e.strerror or e}") from None
+    if not resume and (out / "last.pt").exists():
+        raise TrainError(f"{out} already holds a run (last.pt); add --resume to continue it "
+                         "or choose another --out")  # fmt: skip
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out: str | Path, resume: bool = False) -> None:
+        self.cfg, self.out = cfg, Path(out)
+        self.dist = distributed.setup(cfg.run.device)
+        dev = self.dist.device
+        if self.dist.is_main:
+            prepare_run_dir(self.out, resume)
+        resume_state = self._resume_state() if resume else None
+        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+        self.data = build_data(cfg, self.dist.rank, self.dist.world, dev.type == "cuda")
+        n_terms = 3 if cfg.loss.cls_term else 2
+        self.student = Student(cfg.model, cfg.loss.cls_term, n_terms).to(dev)
+        self.teacher = Teacher(self.student).to(dev)
+        self.patch_loss = CenteredCrossEntropy(
+            cfg.model.num_concepts, cfg.loss.student_temp, cfg.loss.center_momentum
+        ).to(dev)
+        self.cls_loss = (
+            MultiViewCrossEntropy(
+                cfg.model.cls_num_concepts, cfg.loss.student_temp, cfg.loss.center_momentum
+            ).to(dev)
+            if cfg.loss.cls_term
+            else None
+        )
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.student), lr=0.0, betas=tuple(cfg.optim.betas),
+            fused=dev.type == "cuda",
+        )  # fmt: skip
+        self.amp_dtype = resolve_precision(cfg.run.precision, dev)
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
+        self.sched = build_schedules(cfg, self.data.steps_per_epoch, self.dist.world)
+        self.total_steps = len(self.sched.lr)
+        self.step = 0
+        if resume_state is not None:
+            self._load(resume_state)
+        self.ema_t, self.ema_s = ema_pairs(self.teacher, self.student)
+        self.model = self.student
+        if self.dist.world > 1:
+            self.model = DistributedDataParallel(
+                self.student, device_ids=[dev.index] if dev.type == "cuda" else None
+            )
+        if cfg.run.compile:
+            self.model = torch.compile(self.model)
+            self.teacher_fwd = torch.compile(self.teacher)
+        else:
+            self.teacher_fwd = self.teacher
+        self.gmml = GMMLParams(
+            ratio=tuple(cfg.gmml.ratio),
+            max_block_frac=cfg.gmml.max_block_frac,
+            weights=(cfg.gmml.drop_weight, cfg.gmml.replace_weight, cfg.gmml.colour_weight),
+        )
+        self.gen = torch.Generator(device=dev)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
+        self.skipped_images = 0
+
+    # ---- state -------------------------------------------------------------------------
+    def _resume_state(self) -> dict[str, Any]:
+        state = load_training_state(self.out / "last.pt")
+        old, new = state["config"]["model"], self.cfg.to_dict()["model"]
+        diff = sorted(k for k in new if old.get(k) != new[k])
+        if diff:
+            raise ConfigError(f"--resume: model settings differ from the run's: "
+                              f"{', '.join('model.' + k for k in diff)}")  # fmt: skip
+        return state
+
+    def _load(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.patch_loss.load_state_dict(state["patch_loss"])
+        if self.cls_loss is not None:
+            self.cls_loss.load_state_dict(state["cls_loss"])
+        self.step = int(state["step"])
+        self.skipped_images = int(state.get("skipped_images", 0))
+        if self.step > self.total_steps:
+            raise TrainError(f"checkpoint is at step {self.step}, past this config's "
+                             f"{self.total_steps} steps")  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "patch_loss": self.patch_loss.state_dict(),
+            "cls_loss": self.cls_loss.state_dict() if self.cls_loss is not None else {},
+            "step": self.step,
+            "epoch": self.step // self.data.steps_per_epoch,
+            "skipped_images": self.skipped_images,
+            "data": self.data.description,
+            "config": self.cfg.to_dict(),
+        }
+
+    def save(self, keep_as: str | None = None) -> None:
+        self.check_finite()
+        if not self.dist.is_main:
+            return
+        state = self.state_dict()
+        atomic_save(state, self.out / "last.pt")
+        if keep_as:
+            atomic_save(state, self.out / keep_as)
+
+    def check_finite(self) -> None:
+        if bool(self.nonfinite):
+            raise TrainError(
+                f"non-finite loss by step {self.step}; stopped, the last good checkpoint is "
+                f"kept in {self.out / 'last.pt'} (try a lower optim.base_lr or run.precision=fp32)"
+            )
+
+    # ---- one step ----------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=self.amp_dtype)
+
+    def _loss_terms(self, s: dict, t: dict, x: torch.Tensor, mask: torch.Tensor, tt: float):
+        lc = self.cfg.loss
+        terms = {
+            "recon": reconstruction_loss(s["recon"], x, mask, lc.recon_type, lc.recon_region),
+            "concept": self.patch_loss(s["patch_logits"], t["patch_logits"], tt),
+        }
+        if self.cls_loss is not None:
+            terms["cls"] = self.cls_loss(
+                s["cls_logits"], t["cls_logits"], tt, self.cfg.data.global_crops
+            )
+        return terms
+
+    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        cfg, i, dev = self.cfg, self.step, self.dist.device
+        for g in self.optimizer.param_groups:
+            g["lr"] = float(self.sched.lr[i])
+            g["weight_decay"] = float(self.sched.wd[i]) if g["decay"] else 0.0
+        x = torch.cat([v.to(dev, non_blocking=True) for v in batch["global"]])
+        local = [v.to(dev, non_blocking=True) for v in batch["local"]]
+        # a per-step seed keeps corruption reproducible across resumes without saving RNG state
+        self.gen.manual_seed(hash((cfg.run.seed, self.dist.rank, i)) & 0x7FFF_FFFF_FFFF)
+        corrupted, mask = gmml_corrupt(x, cfg.model.patch_size, self.gmml, self.gen)
+        tt = float(self.sched.teacher_temp[i])
+        with self._autocast():
+            t = self.teacher_fwd(x)
+            s = self.model(corrupted, local)
+            terms = self._loss_terms(s, t, x, mask, tt)
+            weights = {"recon": cfg.loss.recon_weight, "concept": cfg.loss.concept_weight,
+                       "cls": cfg.loss.cls_weight}  # fmt: skip
+            loss = combine_losses(terms, cfg.loss.combine, weights, self.student.loss_log_vars)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        if cfg.optim.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.clip_grad)
+        if i < cfg.optim.freeze_last_layer_epochs * self.data.steps_per_epoch:
+            for p in self.student.concept_head.last_layers():
+                p.grad = None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        ema_update(self.ema_t, self.ema_s, float(self.sched.momentum[i]))
+        self.patch_loss.update_center(t["patch_logits"])
+        if self.cls_loss is not None:
+            self.cls_loss.update_center(t["cls_logits"])
+        self.nonfinite |= ~torch.isfinite(loss.detach())
+        self.step += 1
+        self._last = (x, corrupted, s["recon"])
+        return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+
+    # ---- outputs -----------------------------------------------------------------------
+    def write_metrics(self, sums: dict[str, torch.Tensor], n: int, wall: float, wait: float):
+        self.check_finite()
+        if not self.dist.is_main:
+            return
+        i = self.step - 1
+        row = {
+            "step": self.step,
+            "epoch": self.step / self.data.steps_per_epoch,
+            "lr": float(self.sched.lr[i]),
+            "wd": float(self.sched.wd[i]),
+            "momentum": float(self.sched.momentum[i]),
+            "teacher_temp": float(self.sched.teacher_temp[i]),
+            **{f"loss_{k}" if k != "loss" else k: float(v) / n for k, v in sums.items()},
+            "images_per_s": n * self.cfg.optim.batch_size * self.dist.world / max(wall, 1e-9),
+            "data_wait_frac": wait / max(wall, 1e-9),
+            "skipped_images": self.skipped_images,
+            "time": time.time(),
+        }
+        if self.dist.device.type == "cuda":
+            row["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def write_preview(self) -> None:
+        """Clean | corrupted | reconstruction for up to 4 images, as one PNG."""
+        if not self.dist.is_main:
+            return
+        x, c, r = (denormalise(t[:4].detach()) for t in self._last)
+        rows = torch.cat([torch.cat(list(t), dim=2) for t in (x, c, r)], dim=1)  # (3, 3H, nW)
+        arr = (rows.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        (self.out / "previews").mkdir(exist_ok=True)
+        Image.fromarray(arr).save(self.out / "previews" / f"step_{self.step:07d}.png")
+
+    def write_summary(self, started: float) -> dict[str, Any]:
+        digests = distributed.all_gather_object(params_digest(self.student))
+        summary = {
+            "steps": self.step,
+            "epochs": self.step / self.data.steps_per_epoch,
+            "wall_s": time.time() - started,
+            "world_size": self.dist.world,
+            "skipped_images": sum(distributed.all_gather_object(self.skipped_images)),
+            "rank_digests": digests,
+            "ranks_in_sync": len(set(digests)) == 1,
+        }
+        if self.dist.is_main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+    # ---- the loop ----------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        cfg, spe, started = self.cfg, self.data.steps_per_epoch, time.time()
+        if self.dist.is_main:
+            save_config(cfg, self.out / "config.yaml")
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.dist.is_main,
+                   dynamic_ncols=True, desc="train")  # fmt: skip
+        sums: dict[str, torch.Tensor] = {}
+        n, wait, t0 = 0, 0.0, time.perf_counter()
+        while self.step < self.total_steps:
+            epoch = self.step // spe
+            self.data.sampler.set_epoch(epoch, self.step % spe)
+            it = iter(self.data.loader)
+            while self.step < (epoch + 1) * spe:
+                tw = time.perf_counter()
+                batch = next(it)
+                wait += time.perf_counter() - tw
+                self.skipped_images += batch["failed"]
+                out = self.train_step(batch)
+                sums = {k: sums.get(k, 0) + v for k, v in out.items()}
+                n += 1
+                bar.update(1)
+                if self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
+                    if self.dist.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    wall = time.perf_counter() - t0
+                    self.write_metrics(sums, n, wall, wait)
+                    bar.set_postfix(loss=f"{float(sums['loss']) / n:.4f}")
+                    sums, n, wait, t0 = {}, 0, 0.0, time.perf_counter()
+                if cfg.run.preview_every and self.step % cfg.run.preview_every == 0:
+                    self.write_preview()
+                if self.step % cfg.run.save_every == 0 and self.step % spe:
+                    self.save()
+            done_epoch = self.step // spe
+            keep = cfg.run.keep_every_epochs and done_epoch % cfg.run.keep_every_epochs == 0
+            self.save(keep_as=f"checkpoint-{done_epoch:04d}.pt" if keep else None)
+        bar.close()
+        return self.write_summary(started)
+
+
+def train(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Runs (or resumes) a training run in ``out``; returns the summary."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub while training
+    try:
+        return Trainer(cfg, out, resume).fit()
+    finally:
+        distributed.teardown()
+
+
+def load_run_config(out: str | Path) -> Config:
+    """The config saved in a run's checkpoint (for --resume without --config)."""
+    return config_from_dict(load_training_state(Path(out) / "last.pt")["config"])
+
+
+__all__ = ["Trainer", "TrainError", "build_schedules", "load_run_config", "train"]
