@@ -60,6 +60,7 @@ class UnlabelledImages(Dataset):
         self.local_aug = sit_augment(cfg.data.local_size, tuple(cfg.data.local_scale))
         self.max_pixels = cfg.data.max_image_pixels
         self.seed = seed
+        self.warned: set[int] = set()  # per worker: say once which file is unreadable
 
     def __len__(self) -> int:
         return len(self.items) * self.repeat
@@ -76,7 +77,9 @@ class UnlabelledImages(Dataset):
                 img = self._load(i + failed)
                 break
             except ImageError as e:
-                log.warning("skipping unreadable image: %s", e)
+                if (i + failed) % len(self.items) not in self.warned:
+                    self.warned.add((i + failed) % len(self.items))
+                    log.warning("skipping unreadable image: %s", e)
                 failed += 1
                 if failed >= min(MAX_CONSECUTIVE_FAILURES, len(self.items)):
                     raise DataError(f"{failed} unreadable images in a row ({e})") from None

@@ -117,7 +117,7 @@ class Trainer:
         resume_state = self._resume_state() if resume else None
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.data = build_data(cfg, self.dist.rank, self.dist.world, dev.type == "cuda")
-        n_terms = 3 if cfg.loss.cls_term else 2
+        n_terms = (3 if cfg.loss.cls_term else 2) if cfg.loss.combine == "uncertainty" else 0
         self.student = Student(cfg.model, cfg.loss.cls_term, n_terms).to(dev)
         self.teacher = Teacher(self.student).to(dev)
         self.patch_loss = CenteredCrossEntropy(

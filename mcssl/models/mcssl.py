@@ -41,7 +41,7 @@ def grid_of(backbone: nn.Module, x: torch.Tensor) -> tuple[int, int]:
 class Student(nn.Module):
     """Backbone + patch-concept head + reconstruction head (+ learnt loss weights)."""
 
-    def __init__(self, cfg: ModelConfig, cls_term: bool = False, n_loss_terms: int = 2) -> None:
+    def __init__(self, cfg: ModelConfig, cls_term: bool = False, n_loss_terms: int = 0) -> None:
         super().__init__()
         self.backbone = build_backbone(cfg)
         dim = self.backbone.num_features
@@ -56,8 +56,9 @@ class Student(nn.Module):
         self.recon_head = ReconstructionHead(
             dim, cfg.patch_size, cfg.recon_hidden, cfg.recon_bottleneck
         )
-        # log(sigma^2) per loss term for uncertainty weighting (Kendall et al.); unused otherwise
-        self.loss_log_vars = nn.Parameter(torch.zeros(n_loss_terms))
+        # log(sigma^2) per loss term for uncertainty weighting (Kendall et al.), only when used:
+        # DDP requires every parameter to take part in the loss
+        self.loss_log_vars = nn.Parameter(torch.zeros(n_loss_terms)) if n_loss_terms else None
 
     def forward(
         self, corrupted: torch.Tensor, local_views: list[torch.Tensor] | None = None
