@@ -138,6 +138,11 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         return [_coerce(v, item, key) for v in value]
     if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if typ is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if typ is Any or (isinstance(typ, type) and isinstance(value, typ)):
         if typ is int and isinstance(value, bool):
             raise ConfigError(f"config key {key} must be int, got {value!r}")

@@ -212,10 +212,12 @@ class Trainer:
 
     def check_finite(self) -> None:
         if bool(self.nonfinite):
-            raise TrainError(
-                f"non-finite loss by step {self.step}; stopped, the last good checkpoint is "
-                f"kept in {self.out / 'last.pt'} (try a lower optim.base_lr or run.precision=fp32)"
+            last = self.out / "last.pt"
+            kept = (
+                f"the last good state is kept in {last}" if last.exists() else "no checkpoint yet"
             )
+            raise TrainError(f"non-finite loss by step {self.step}; stopped, {kept} (try a lower "
+                             "optim.base_lr, loss.teacher_temp or run.precision=fp32)")  # fmt: skip
 
     # ---- one step ----------------------------------------------------------------------
     def _autocast(self):
@@ -323,11 +325,19 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        cfg, spe, started = self.cfg, self.data.steps_per_epoch, time.time()
+        started = time.time()
         if self.dist.is_main:
-            save_config(cfg, self.out / "config.yaml")
+            save_config(self.cfg, self.out / "config.yaml")
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.dist.is_main,
                    dynamic_ncols=True, desc="train")  # fmt: skip
+        try:
+            self._loop(bar)
+        finally:
+            bar.close()
+        return self.write_summary(started)
+
+    def _loop(self, bar: tqdm) -> None:
+        cfg, spe = self.cfg, self.data.steps_per_epoch
         sums: dict[str, torch.Tensor] = {}
         n, wait, t0 = 0, 0.0, time.perf_counter()
         while self.step < self.total_steps:
@@ -357,8 +367,6 @@ class Trainer:
             done_epoch = self.step // spe
             keep = cfg.run.keep_every_epochs and done_epoch % cfg.run.keep_every_epochs == 0
             self.save(keep_as=f"checkpoint-{done_epoch:04d}.pt" if keep else None)
-        bar.close()
-        return self.write_summary(started)
 
 
 def train(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, Any]:

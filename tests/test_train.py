@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from safetensors import safe_open
 
 from mcssl.checkpoint import export_teacher
 from mcssl.config import load_config
-from mcssl.train import train
+from mcssl.train import Trainer, TrainError, train
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -163,3 +164,31 @@ def test_other_loss_combinations_and_reference_options_run(tmp_path: Path, combi
     assert summary["steps"] == 18
     assert all("loss_cls" in r for r in rows)
     assert rows[0]["teacher_temp"] < 0.07 and rows[-1]["teacher_temp"] == pytest.approx(0.07)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu(tmp_path: Path, precision: str) -> None:
+    cfg = load_config("smoke", ["optim.epochs=1", f"run.precision={precision}"])
+    summary = train(cfg, tmp_path / "run")
+    assert summary["steps"] == 9
+    assert all(math.isfinite(r["loss"]) for r in metrics(tmp_path / "run"))
+    scaler = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scaler"]
+    assert bool(scaler) == (precision == "fp16")  # the grad scaler only runs for fp16
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    cfg = load_config("smoke", ["run.save_every=2", "run.log_every=100"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    real = trainer.patch_loss.forward
+
+    def poisoned(*args, **kwargs):  # fault injection: the 6th step's loss is NaN
+        out = real(*args, **kwargs)
+        return out * float("nan") if trainer.step == 5 else out
+
+    trainer.patch_loss.forward = poisoned
+    with pytest.raises(TrainError, match="non-finite loss by step 6") as e:
+        trainer.fit()
+    assert "last good state is kept" in str(e.value)
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["teacher"].values())
