@@ -30,7 +30,7 @@ class CenteredCrossEntropy(nn.Module):
         self.register_buffer("center", torch.zeros(num_concepts))
 
     def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        return F.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=-1)
+        return F.softmax((teacher_logits.detach().float() - self.center) / teacher_temp, dim=-1)
 
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temp: float
