@@ -186,31 +186,43 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express."""
-    flat = {f"{s}.{k}": v for s, sub in cfg.to_dict().items() if isinstance(sub, dict)
-            for k, v in sub.items()}  # fmt: skip
+    flat = {
+        f"{s}.{k}": v
+        for s, sub in cfg.to_dict().items()
+        if isinstance(sub, dict)
+        for k, v in sub.items()
+    }
     for key, choices in _CHOICES.items():
         if flat[key] not in choices:
             raise ConfigError(f"config key {key} must be one of {choices}, got {flat[key]!r}")
     lo, hi = (cfg.gmml.ratio + [None, None])[:2]
     if len(cfg.gmml.ratio) != 2 or not 0.0 <= lo <= hi < 1.0:
-        raise ConfigError(f"gmml.ratio must be [low, high] with 0 <= low <= high < 1, got "
-                          f"{cfg.gmml.ratio}")  # fmt: skip
+        raise ConfigError(
+            f"gmml.ratio must be [low, high] with 0 <= low <= high < 1, got {cfg.gmml.ratio}"
+        )
     if cfg.model.img_size % cfg.model.patch_size:
-        raise ConfigError(f"model.img_size {cfg.model.img_size} is not a multiple of "
-                          f"model.patch_size {cfg.model.patch_size}")  # fmt: skip
+        raise ConfigError(
+            f"model.img_size {cfg.model.img_size} is not a multiple of "
+            f"model.patch_size {cfg.model.patch_size}"
+        )
     if cfg.data.local_crops and cfg.data.local_size % cfg.model.patch_size:
-        raise ConfigError(f"data.local_size {cfg.data.local_size} is not a multiple of "
-                          f"model.patch_size {cfg.model.patch_size}")  # fmt: skip
+        raise ConfigError(
+            f"data.local_size {cfg.data.local_size} is not a multiple of "
+            f"model.patch_size {cfg.model.patch_size}"
+        )
     if cfg.data.local_crops and not cfg.loss.cls_term:
-        raise ConfigError("data.local_crops > 0 needs loss.cls_term=true (local crops only "
-                          "feed the CLS term)")  # fmt: skip
+        raise ConfigError(
+            "data.local_crops > 0 needs loss.cls_term=true (local crops only feed the CLS term)"
+        )
     if cfg.data.global_crops < 1 or cfg.optim.batch_size < 1 or cfg.optim.epochs < 1:
         raise ConfigError("data.global_crops, optim.batch_size and optim.epochs must be >= 1")
     if cfg.loss.cls_term and cfg.data.global_crops + cfg.data.local_crops < 2:
         raise ConfigError("loss.cls_term needs at least two views (global_crops + local_crops)")
     if not cfg.data.path:
-        raise ConfigError("data.path is empty: give an image folder, a file list or 'samples' "
-                          "(e.g. data.path=/data/images)")  # fmt: skip
+        raise ConfigError(
+            "data.path is empty: give an image folder, a file list or 'samples' "
+            "(e.g. data.path=/data/images)"
+        )
 
 
 def resolve_recipe(name_or_path: str) -> Path:

@@ -90,8 +90,9 @@ def gmml_corrupt(
     gain = 0.5 + _rand((b, m1, c), g, dev)  # per-block colour distortion
     shift = _rand((b, m1, c), g, dev) - 0.5
     # donor image for every sample: a random non-zero offset, so never the image itself
-    donor = (torch.arange(b, device=dev) + torch.randint(1, max(b, 2), (b,), generator=g,
-             device=dev)) % b  # fmt: skip
+    donor = (
+        torch.arange(b, device=dev) + torch.randint(1, max(b, 2), (b,), generator=g, device=dev)
+    ) % b
     noise = torch.randn(x.shape, generator=g, device=dev, dtype=x.dtype)
 
     def up(t: torch.Tensor) -> torch.Tensor:  # (B, [C,] gh, gw) -> pixel resolution

@@ -77,8 +77,15 @@ def sample_photos() -> dict[str, Image.Image]:
     import skimage.data as sd
     from sklearn.datasets import load_sample_images
 
-    names = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
-             "immunohistochemistry", "retina"]  # fmt: skip
+    names = [
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "retina",
+    ]
     photos = {n: Image.fromarray(getattr(sd, n)()) for n in names}
     sk = load_sample_images()
     for fname, arr in zip(sk.filenames, sk.images, strict=True):

@@ -103,8 +103,10 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
     except OSError as e:
         raise TrainError(f"cannot write to output folder {out}: {e.strerror or e}") from None
     if not resume and (out / "last.pt").exists():
-        raise TrainError(f"{out} already holds a run (last.pt); add --resume to continue it "
-                         "or choose another --out")  # fmt: skip
+        raise TrainError(
+            f"{out} already holds a run (last.pt); add --resume to continue it "
+            "or choose another --out"
+        )
 
 
 class Trainer:
@@ -131,9 +133,11 @@ class Trainer:
             else None
         )
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.student), lr=0.0, betas=tuple(cfg.optim.betas),
+            param_groups(self.student),
+            lr=0.0,
+            betas=tuple(cfg.optim.betas),
             fused=dev.type == "cuda",
-        )  # fmt: skip
+        )
         self.amp_dtype = resolve_precision(cfg.run.precision, dev)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
         self.sched = build_schedules(cfg, self.data.steps_per_epoch, self.dist.world)
@@ -167,8 +171,10 @@ class Trainer:
         old, new = state["config"]["model"], self.cfg.to_dict()["model"]
         diff = sorted(k for k in new if old.get(k) != new[k])
         if diff:
-            raise ConfigError(f"--resume: model settings differ from the run's: "
-                              f"{', '.join('model.' + k for k in diff)}")  # fmt: skip
+            raise ConfigError(
+                f"--resume: model settings differ from the run's: "
+                f"{', '.join('model.' + k for k in diff)}"
+            )
         return state
 
     def _load(self, state: dict[str, Any]) -> None:
@@ -182,8 +188,9 @@ class Trainer:
         self.step = int(state["step"])
         self.skipped_images = int(state.get("skipped_images", 0))
         if self.step > self.total_steps:
-            raise TrainError(f"checkpoint is at step {self.step}, past this config's "
-                             f"{self.total_steps} steps")  # fmt: skip
+            raise TrainError(
+                f"checkpoint is at step {self.step}, past this config's {self.total_steps} steps"
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -216,8 +223,10 @@ class Trainer:
             kept = (
                 f"the last good state is kept in {last}" if last.exists() else "no checkpoint yet"
             )
-            raise TrainError(f"non-finite loss by step {self.step}; stopped, {kept} (try a lower "
-                             "optim.base_lr, loss.teacher_temp or run.precision=fp32)")  # fmt: skip
+            raise TrainError(
+                f"non-finite loss by step {self.step}; stopped, {kept} (try a lower "
+                "optim.base_lr, loss.teacher_temp or run.precision=fp32)"
+            )
 
     # ---- one step ----------------------------------------------------------------------
     def _autocast(self):
@@ -252,8 +261,11 @@ class Trainer:
             t = self.teacher_fwd(x)
             s = self.model(corrupted, local)
             terms = self._loss_terms(s, t, x, mask, tt)
-            weights = {"recon": cfg.loss.recon_weight, "concept": cfg.loss.concept_weight,
-                       "cls": cfg.loss.cls_weight}  # fmt: skip
+            weights = {
+                "recon": cfg.loss.recon_weight,
+                "concept": cfg.loss.concept_weight,
+                "cls": cfg.loss.cls_weight,
+            }
             loss = combine_losses(terms, cfg.loss.combine, weights, self.student.loss_log_vars)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -328,8 +340,13 @@ class Trainer:
         started = time.time()
         if self.dist.is_main:
             save_config(self.cfg, self.out / "config.yaml")
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.dist.is_main,
-                   dynamic_ncols=True, desc="train")  # fmt: skip
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not self.dist.is_main,
+            dynamic_ncols=True,
+            desc="train",
+        )
         try:
             self._loop(bar)
         finally:

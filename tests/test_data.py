@@ -53,8 +53,9 @@ def test_file_list_and_folder(tmp_path: Path) -> None:
         if name.endswith(".txt"):
             p.write_text("x")
         else:
-            Image.new("RGB", (8, 8)).save(p, format={"png": "PNG", "jpg": "JPEG"}.get(
-                p.suffix.lower()[1:], "WEBP"))  # fmt: skip
+            Image.new("RGB", (8, 8)).save(
+                p, format={"png": "PNG", "jpg": "JPEG"}.get(p.suffix.lower()[1:], "WEBP")
+            )
     assert [p.name for p in find_images(tmp_path)] == ["a.png", "b.JPG", "c.webp"]
     lst = tmp_path / "list.txt"
     lst.write_text("# my images\na.png\nsub/c.webp\n")
@@ -84,9 +85,11 @@ def test_load_rgb_converts_odd_modes(tmp_path: Path) -> None:
 def test_load_rgb_refuses_bad_files_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "zero.jpg").write_bytes(b"")
     Image.new("RGB", (300, 300)).save(tmp_path / "big.png")
-    for path, needle in ((tmp_path / "zero.jpg", "cannot read image"),
-                         (tmp_path / "missing.jpg", "no such file"),
-                         (tmp_path / "big.png", "exceeds the limit")):  # fmt: skip
+    for path, needle in (
+        (tmp_path / "zero.jpg", "cannot read image"),
+        (tmp_path / "missing.jpg", "no such file"),
+        (tmp_path / "big.png", "exceeds the limit"),
+    ):
         with pytest.raises(ImageError, match=needle) as e:
             load_rgb(path, max_pixels=300 * 299)
         assert "\n" not in str(e.value)

@@ -29,9 +29,13 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def vit() -> torch.nn.Module:
     torch.manual_seed(0)
     return timm.create_model(
-        "vit_small_patch16_224", pretrained=False, num_classes=0, img_size=64, depth=2,
+        "vit_small_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        img_size=64,
+        depth=2,
         dynamic_img_size=True,
-    ).eval()  # fmt: skip
+    ).eval()
 
 
 def same_features(enc, model: torch.nn.Module, size=(64, 96)) -> None:
@@ -79,9 +83,13 @@ def test_reference_mcssl_layout_matches_timm(vit: torch.nn.Module, tmp_path: Pat
     teacher |= ref_head(384, 10)
     teacher["head_recons.0.weight"] = torch.zeros(3, 3)  # the unused reconstruction head
     center = torch.randn(1, 10)
-    ckpt = {"teacher": teacher, "student": {}, "epoch": 3,
-            "calc_loss": {"center": torch.zeros(1, 10), "center_data": center},
-            "args": argparse.Namespace(teacher_temp=0.07, arch="vit_small")}  # fmt: skip
+    ckpt = {
+        "teacher": teacher,
+        "student": {},
+        "epoch": 3,
+        "calc_loss": {"center": torch.zeros(1, 10), "center_data": center},
+        "args": argparse.Namespace(teacher_temp=0.07, arch="vit_small"),
+    }
     torch.save(ckpt, tmp_path / "ref.pth")
     enc = load_encoder(tmp_path / "ref.pth")
     same_features(enc, vit)
@@ -98,10 +106,14 @@ def test_reference_mcssl_layout_matches_timm(vit: torch.nn.Module, tmp_path: Pat
 
 def test_dino_layout_matches_timm_and_has_no_concepts(vit, tmp_path: Path) -> None:
     teacher = {f"module.backbone.{k}": v for k, v in vit.state_dict().items()}
-    teacher |= {k.replace("head.", "module.head.", 1): v for k, v in ref_head(384, 10).items()
-                if "data_layer" not in k}  # fmt: skip
-    torch.save({"teacher": teacher, "args": argparse.Namespace(arch="vit_small")},
-               tmp_path / "dino.pth")  # fmt: skip
+    teacher |= {
+        k.replace("head.", "module.head.", 1): v
+        for k, v in ref_head(384, 10).items()
+        if "data_layer" not in k
+    }
+    torch.save(
+        {"teacher": teacher, "args": argparse.Namespace(arch="vit_small")}, tmp_path / "dino.pth"
+    )
     enc = load_encoder(tmp_path / "dino.pth")
     same_features(enc, vit)
     assert not enc.has_concepts and enc.info["format"] == "DINO teacher"

@@ -62,8 +62,18 @@ def test_corrupt_files_are_skipped_and_counted(
     Image.new("RGB", (64, 64), "red").save(buf, "JPEG")
     (data / "truncated.jpg").write_bytes(buf.getvalue()[:100])
     out = tmp_path / "r"
-    code = main(["train", *SMOKE, "--out", str(out), f"data.path={data}", "data.repeat=1",
-                 "optim.epochs=3", "optim.batch_size=4"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            *SMOKE,
+            "--out",
+            str(out),
+            f"data.path={data}",
+            "data.repeat=1",
+            "optim.epochs=3",
+            "optim.batch_size=4",
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     # 17 files, 4 steps of 4 per epoch: an unreadable draw moves on to the next file, so

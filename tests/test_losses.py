@@ -128,14 +128,19 @@ def test_multiview_cross_entropy_two_global_one_local_by_hand():
     center = [0.1, 0.0, -0.2]
     # student views: global 0, global 1, local 0 (each B=2 rows), views first
     student = [
-        [0.3, -0.2, 0.5], [1.0, 0.0, -1.0],  # global 0
-        [0.1, 0.9, -0.4], [-0.6, 0.2, 0.7],  # global 1
-        [0.5, 0.5, -0.5], [0.0, -0.8, 0.4],  # local 0
-    ]  # fmt: skip
+        [0.3, -0.2, 0.5],
+        [1.0, 0.0, -1.0],  # global 0
+        [0.1, 0.9, -0.4],
+        [-0.6, 0.2, 0.7],  # global 1
+        [0.5, 0.5, -0.5],
+        [0.0, -0.8, 0.4],  # local 0
+    ]
     teacher = [
-        [0.2, 0.1, -0.3], [0.7, -0.1, 0.0],  # global 0
-        [-0.4, 0.6, 0.2], [0.3, 0.3, -0.9],  # global 1
-    ]  # fmt: skip
+        [0.2, 0.1, -0.3],
+        [0.7, -0.1, 0.0],  # global 0
+        [-0.4, 0.6, 0.2],
+        [0.3, 0.3, -0.9],  # global 1
+    ]
     crit = MultiViewCrossEntropy(3, student_temp=tau_s)
     crit.center.copy_(torch.tensor(center))
     got = crit(torch.tensor(student), torch.tensor(teacher), tau_t, n_global=2)
@@ -163,10 +168,13 @@ MASK = [[False, True], [False, False]]
 
 
 def _recon_example():
-    target = [[[float(ch * 16 + r * 4 + c) / 8 for c in range(4)] for r in range(4)]
-              for ch in range(3)]  # fmt: skip
-    recon = [[[(-1.0) ** (r + c) * 0.5 * (ch + 1) for c in range(4)] for r in range(4)]
-             for ch in range(3)]  # fmt: skip
+    target = [
+        [[float(ch * 16 + r * 4 + c) / 8 for c in range(4)] for r in range(4)] for ch in range(3)
+    ]
+    recon = [
+        [[(-1.0) ** (r + c) * 0.5 * (ch + 1) for c in range(4)] for r in range(4)]
+        for ch in range(3)
+    ]
     return recon, target
 
 
@@ -214,9 +222,12 @@ def test_reconstruction_loss_corrupted_counts_only_masked_pixels():
 
 def test_reconstruction_loss_corrupted_with_empty_mask_is_zero():
     got = reconstruction_loss(
-        torch.ones(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), torch.zeros(1, 2, 2, dtype=torch.bool),
-        "l1", "corrupted",
-    )  # fmt: skip
+        torch.ones(1, 3, 4, 4),
+        torch.zeros(1, 3, 4, 4),
+        torch.zeros(1, 2, 2, dtype=torch.bool),
+        "l1",
+        "corrupted",
+    )
     assert torch.isfinite(got) and got.item() == 0.0
 
 

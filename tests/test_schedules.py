@@ -132,10 +132,19 @@ def test_param_groups_decay_split(tiny_model_cfg, norm_last_layer):
         elif p.ndim == 2:
             assert id(p) in decay, name  # weight matrices
     # the expected members are there
-    must_no_decay = ["backbone.norm.weight", "backbone.blocks.0.norm1.weight", "loss_log_vars",
-                     "backbone.blocks.0.attn.qkv.bias", "recon_head.to_pixels.bias"]  # fmt: skip
+    must_no_decay = [
+        "backbone.norm.weight",
+        "backbone.blocks.0.norm1.weight",
+        "loss_log_vars",
+        "backbone.blocks.0.attn.qkv.bias",
+        "recon_head.to_pixels.bias",
+    ]
     for name in must_no_decay:
         assert id(named[name]) in no_decay, name
-    for name in ["backbone.blocks.0.attn.qkv.weight", "concept_head.mlp.0.weight",
-                 "concept_head.patch_layer.weight_v", "recon_head.mlp.4.weight"]:  # fmt: skip
+    for name in [
+        "backbone.blocks.0.attn.qkv.weight",
+        "concept_head.mlp.0.weight",
+        "concept_head.patch_layer.weight_v",
+        "recon_head.mlp.4.weight",
+    ]:
         assert id(named[name]) in decay, name

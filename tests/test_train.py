@@ -78,9 +78,21 @@ def test_export_loads_without_pickle(tmp_path: Path) -> None:
 
 def test_ddp_two_ranks_end_identical(tmp_path: Path) -> None:
     out = tmp_path / "r2"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "-m", "mcssl", "train", "--config", "mcssl/configs/smoke.yaml", "--out", str(out),
-           "data.repeat=16"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "mcssl",
+        "train",
+        "--config",
+        "mcssl/configs/smoke.yaml",
+        "--out",
+        str(out),
+        "data.repeat=16",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -110,15 +122,23 @@ def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, min_step: int) -> No
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
-    args = ["--config", "mcssl/configs/smoke.yaml", "optim.epochs=6", "run.save_every=3",
-            "run.log_every=1", "run.preview_every=0"]  # fmt: skip
+    args = [
+        "--config",
+        "mcssl/configs/smoke.yaml",
+        "optim.epochs=6",
+        "run.save_every=3",
+        "run.log_every=1",
+        "run.preview_every=0",
+    ]
     ref = tmp_path / "ref"
     assert run_cli("train", "--out", str(ref), *args).returncode == 0
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mcssl", "train", "--out", str(out), *args],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _wait_for_checkpoint(proc, out, min_step=4)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -155,10 +175,19 @@ def test_short_run_on_photos_lowers_both_losses(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("combine", ["fixed", "uncertainty"])
 def test_other_loss_combinations_and_reference_options_run(tmp_path: Path, combine: str) -> None:
-    over = ["optim.epochs=2", f"loss.combine={combine}", "loss.recon_type=mse",
-            "loss.recon_region=corrupted", "loss.cls_term=true", "data.global_crops=2",
-            "data.local_crops=2", "data.local_size=16", "model.cls_num_concepts=32",
-            "loss.warmup_teacher_temp_epochs=1", "loss.teacher_temp=0.07"]  # fmt: skip
+    over = [
+        "optim.epochs=2",
+        f"loss.combine={combine}",
+        "loss.recon_type=mse",
+        "loss.recon_region=corrupted",
+        "loss.cls_term=true",
+        "data.global_crops=2",
+        "data.local_crops=2",
+        "data.local_size=16",
+        "model.cls_num_concepts=32",
+        "loss.warmup_teacher_temp_epochs=1",
+        "loss.teacher_temp=0.07",
+    ]
     summary = train(load_config("smoke", over), tmp_path / "run")
     rows = metrics(tmp_path / "run")
     assert summary["steps"] == 18

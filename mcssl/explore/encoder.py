@@ -73,9 +73,13 @@ class Encoder:
         """x: (B, 3, H, W) -> data tokens (B, H/p * W/p, D) after block ``layer`` (normed)."""
         idx = layer % self.depth
         out = self.backbone.forward_intermediates(
-            x, indices=[idx], norm=True, output_fmt="NLC", intermediates_only=True,
+            x,
+            indices=[idx],
+            norm=True,
+            output_fmt="NLC",
+            intermediates_only=True,
             stop_early=True,
-        )  # fmt: skip
+        )
         return out[0]
 
     @torch.inference_mode()
@@ -107,7 +111,8 @@ def _load_strict(module: nn.Module, sd: dict[str, torch.Tensor], what: str) -> N
     missing, unexpected = sorted(own - set(sd)), sorted(set(sd) - own)
     if missing or unexpected:
         parts = ([f"missing {_few(missing)}"] if missing else []) + (
-            [f"unexpected {_few(unexpected)}"] if unexpected else [])  # fmt: skip
+            [f"unexpected {_few(unexpected)}"] if unexpected else []
+        )
         raise EncoderError(f"{what}: keys do not match: {'; '.join(parts)}")
     try:
         module.load_state_dict(sd, strict=True)
@@ -174,13 +179,25 @@ def _from_ours(
     _load_strict(backbone, _strip(sd, "backbone."), f"{path} backbone")
     head_sd = _strip(sd, "head.")
     cls_k = head_sd["cls_layer.weight_v"].shape[0] if "cls_layer.weight_v" in head_sd else 0
-    head = ConceptHead(backbone.num_features, mcfg.num_concepts, mcfg.head_hidden,
-                       mcfg.head_bottleneck, mcfg.norm_last_layer, cls_k)  # fmt: skip
+    head = ConceptHead(
+        backbone.num_features,
+        mcfg.num_concepts,
+        mcfg.head_hidden,
+        mcfg.head_bottleneck,
+        mcfg.norm_last_layer,
+        cls_k,
+    )
     _load_strict(head, head_sd, f"{path} concept head")
-    info = {"format": "mcssl", "arch": mcfg.arch, "patch_size": str(mcfg.patch_size),
-            "img_size": str(mcfg.img_size), "num_concepts": str(mcfg.num_concepts),
-            "recipe": meta.get("recipe", ""), "steps": meta.get("steps", ""),
-            "data": meta.get("data", "")}  # fmt: skip
+    info = {
+        "format": "mcssl",
+        "arch": mcfg.arch,
+        "patch_size": str(mcfg.patch_size),
+        "img_size": str(mcfg.img_size),
+        "num_concepts": str(mcfg.num_concepts),
+        "recipe": meta.get("recipe", ""),
+        "steps": meta.get("steps", ""),
+        "data": meta.get("data", ""),
+    }
     return Encoder(backbone, head, sd["center"].float().view(-1), teacher_temp, info)
 
 
@@ -200,9 +217,13 @@ def _from_plain(sd: dict, path: Path, fmt: str) -> Encoder:
 
 def _vit_info(backbone: VisionTransformer, fmt: str) -> dict[str, str]:
     p = backbone.patch_embed.patch_size[0]
-    return {"format": fmt, "arch": f"ViT d={backbone.embed_dim} depth={len(backbone.blocks)}",
-            "patch_size": str(p), "img_size": str(backbone.patch_embed.img_size[0]),
-            "num_concepts": "-"}  # fmt: skip
+    return {
+        "format": fmt,
+        "arch": f"ViT d={backbone.embed_dim} depth={len(backbone.blocks)}",
+        "patch_size": str(p),
+        "img_size": str(backbone.patch_embed.img_size[0]),
+        "num_concepts": "-",
+    }
 
 
 def _from_teacher_dict(state: dict, path: Path) -> Encoder:
@@ -229,8 +250,9 @@ def _from_teacher_dict(state: dict, path: Path) -> Encoder:
         mapped[mapping[src] + k[len(src) :]] = v
     k_data, bottleneck = mapped["patch_layer.weight_v"].shape
     k_cls = mapped["cls_layer.weight_v"].shape[0] if "cls_layer.weight_v" in mapped else 0
-    head = ConceptHead(backbone.embed_dim, k_data, mapped["mlp.0.weight"].shape[0], bottleneck,
-                       True, k_cls)  # fmt: skip
+    head = ConceptHead(
+        backbone.embed_dim, k_data, mapped["mlp.0.weight"].shape[0], bottleneck, True, k_cls
+    )
     mapped.setdefault("patch_layer.weight_g", torch.ones(k_data, 1))
     if k_cls:
         mapped.setdefault("cls_layer.weight_g", torch.ones(k_cls, 1))

@@ -81,9 +81,13 @@ class FeatureExtractor:
         last = enc.depth - 1
         indices = sorted({layer, last})
         outs = enc.backbone.forward_intermediates(
-            batch.to(enc.device), indices=indices, norm=True, output_fmt="NLC",
-            intermediates_only=True, stop_early=True,
-        )  # fmt: skip
+            batch.to(enc.device),
+            indices=indices,
+            norm=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+            stop_early=True,
+        )
         by_idx = dict(zip(indices, outs, strict=True))
         probs = enc.concept_probs(by_idx[last]) if enc.has_concepts else None
         return by_idx[layer], probs
@@ -104,9 +108,11 @@ class FeatureExtractor:
                 grid = (size[1] // p, size[0] // p)
                 for b, i in enumerate(chunk):
                     found[keys[i]] = ImageFeatures(
-                        tokens[b].float().cpu().numpy(), grid, (size[1], size[0]),
+                        tokens[b].float().cpu().numpy(),
+                        grid,
+                        (size[1], size[0]),
                         None if probs is None else probs[b].cpu().numpy(),
-                    )  # fmt: skip
+                    )
                     self._put(keys[i], found[keys[i]])
         return [found[k] for k in keys]
 
