@@ -114,24 +114,22 @@ class Trainer:
         self.cfg, self.out = cfg, Path(out)
         self.dist = distributed.setup(cfg.run.device)
         dev = self.dist.device
-        if self.dist.is_main:
-            prepare_run_dir(self.out, resume)
+        self._prepare_run_dir(resume)
         resume_state = self._resume_state() if resume else None
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.data = build_data(cfg, self.dist.rank, self.dist.world, dev.type == "cuda")
         n_terms = (3 if cfg.loss.cls_term else 2) if cfg.loss.combine == "uncertainty" else 0
         self.student = Student(cfg.model, cfg.loss.cls_term, n_terms).to(dev)
         self.teacher = Teacher(self.student).to(dev)
+        lc = cfg.loss
         self.patch_loss = CenteredCrossEntropy(
-            cfg.model.num_concepts, cfg.loss.student_temp, cfg.loss.center_momentum
+            cfg.model.num_concepts, lc.student_temp, lc.center_momentum
         ).to(dev)
-        self.cls_loss = (
-            MultiViewCrossEntropy(
-                cfg.model.cls_num_concepts, cfg.loss.student_temp, cfg.loss.center_momentum
+        self.cls_loss = None
+        if lc.cls_term:
+            self.cls_loss = MultiViewCrossEntropy(
+                cfg.model.cls_num_concepts, lc.student_temp, lc.center_momentum
             ).to(dev)
-            if cfg.loss.cls_term
-            else None
-        )
         self.optimizer = torch.optim.AdamW(
             param_groups(self.student),
             lr=0.0,
@@ -146,16 +144,7 @@ class Trainer:
         if resume_state is not None:
             self._load(resume_state)
         self.ema_t, self.ema_s = ema_pairs(self.teacher, self.student)
-        self.model = self.student
-        if self.dist.world > 1:
-            self.model = DistributedDataParallel(
-                self.student, device_ids=[dev.index] if dev.type == "cuda" else None
-            )
-        if cfg.run.compile:
-            self.model = torch.compile(self.model)
-            self.teacher_fwd = torch.compile(self.teacher)
-        else:
-            self.teacher_fwd = self.teacher
+        self.model, self.teacher_fwd = self._wrap_models()
         self.gmml = GMMLParams(
             ratio=tuple(cfg.gmml.ratio),
             max_block_frac=cfg.gmml.max_block_frac,
@@ -164,6 +153,30 @@ class Trainer:
         self.gen = torch.Generator(device=dev)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
         self.skipped_images = 0
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        """Rank 0 checks the folder; every rank learns the outcome (no rank left waiting)."""
+        error = ""
+        if self.dist.is_main:
+            try:
+                prepare_run_dir(self.out, resume)
+            except TrainError as e:
+                error = str(e)
+        error = next((e for e in distributed.all_gather_object(error) if e), "")
+        if error:
+            raise TrainError(error)
+
+    def _wrap_models(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """-> (student as trained: DDP and/or compiled, teacher forward)."""
+        model, teacher = self.student, self.teacher
+        if self.dist.world > 1:
+            dev = self.dist.device
+            model = DistributedDataParallel(
+                model, device_ids=[dev.index] if dev.type == "cuda" else None
+            )
+        if self.cfg.run.compile:
+            model, teacher = torch.compile(model), torch.compile(teacher)
+        return model, teacher
 
     # ---- state -------------------------------------------------------------------------
     def _resume_state(self) -> dict[str, Any]:
