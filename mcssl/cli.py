@@ -36,6 +36,115 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extractor(args: argparse.Namespace, checkpoint: str):
+    from mcssl.explore.encoder import load_encoder
+    from mcssl.explore.features import FeatureExtractor, Settings
+
+    enc = load_encoder(checkpoint, args.device)
+    return FeatureExtractor(enc, Settings(resolution=args.resolution, layer=args.layer))
+
+
+def _concepts(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mcssl.explore.pipeline import analyse, concepts_json, expand_inputs, write_concepts
+
+    ex = _extractor(args, args.checkpoint)
+    paths = expand_inputs(args.images)
+    results = list(analyse(ex, paths, tuple(args.k), args.seed))
+    out = Path(args.out)
+    records = write_concepts(results, out, args.alpha, args.smooth)
+    settings = {
+        "k": args.k,
+        "resolution": args.resolution,
+        "layer": args.layer,
+        "seed": args.seed,
+        "smooth": args.smooth,
+        "alpha": args.alpha,
+    }
+    text = concepts_json(records, args.checkpoint, ex.encoder.digest, settings)
+    (out / "concepts.json").write_text(text)
+    failed = [r.error for r in results if r.error]
+    for err in failed:
+        print(f"mcssl concepts: error: {err}", file=sys.stderr)
+    print(f"mcssl: {len(results) - len(failed)} of {len(results)} images -> {out}/concepts.json")
+    return 1 if failed else 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from mcssl.explore.pipeline import build_index, expand_inputs
+
+    ex = _extractor(args, args.checkpoint)
+    index, errors = build_index(ex, expand_inputs(args.inputs), args.kind)
+    out = Path(args.out)
+    index.save(out)
+    source = {
+        "checkpoint": args.checkpoint,
+        "checkpoint_digest": ex.encoder.digest,
+        "resolution": args.resolution,
+        "layer": args.layer,
+    }
+    (out / "source.json").write_text(json.dumps(source, indent=1))
+    for err in errors:
+        print(f"mcssl index: error: {err}", file=sys.stderr)
+    print(f"mcssl: indexed {index.ntotal} tokens of {len(index.images)} images -> {out}")
+    return 1 if errors else 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from mcssl.explore.index import TokenIndex
+    from mcssl.explore.pipeline import query_image_token
+
+    index = TokenIndex.load(args.index)
+    source = json.loads((Path(args.index) / "source.json").read_text())
+    image = Path(args.image)
+    if not any(Path(r["path"]) == image for r in index.images):
+        args.resolution, args.layer = source["resolution"], source["layer"]
+        ex = _extractor(args, args.checkpoint or source["checkpoint"])
+    else:
+        ex = None
+    hits = query_image_token(
+        index,
+        ex,
+        image,
+        *args.token,
+        top=args.top,
+        same_concept=args.same_concept,
+        exclude_own=args.exclude_own,
+        one_per_image=args.one_per_image,
+    )
+    for h in hits:
+        print(
+            json.dumps(
+                {
+                    "image": h.path,
+                    "row": h.row,
+                    "col": h.col,
+                    "score": round(float(h.score), 6),
+                    "pseudo_concept": h.concept,
+                }
+            )
+        )
+    return 0
+
+
+def _add_model_options(p: argparse.ArgumentParser, checkpoint_default: str | None) -> None:
+    p.add_argument(
+        "--checkpoint",
+        default=checkpoint_default,
+        help="default | export .safetensors | run folder | .pt/.pth (MC-SSL, DINO, iBOT, timm)",
+    )
+    p.add_argument("--resolution", type=int, default=224, help="shorter image side (pixels)")
+    p.add_argument("--layer", type=int, default=-1, help="block whose tokens are used")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mcssl", description="Multi-concept self-supervised ViTs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -52,6 +161,34 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output .safetensors file")
     e.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     e.set_defaults(fn=_export)
+
+    c = sub.add_parser("concepts", help="k-means concept masks (+ pseudo-concepts) per image")
+    _add_model_options(c, "default")
+    c.add_argument("--k", type=int, nargs="+", default=[2, 3, 4], choices=range(2, 9))
+    c.add_argument("--out", required=True, help="output folder (PNGs + concepts.json)")
+    c.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    c.add_argument("--smooth", action="store_true", help="smooth mask upsampling")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("images", nargs="+", help="image files or folders")
+    c.set_defaults(fn=_concepts)
+
+    i = sub.add_parser("index", help="FAISS index over the tokens of a gallery")
+    _add_model_options(i, "default")
+    i.add_argument("--out", required=True, help="index folder")
+    i.add_argument("--kind", choices=("auto", "flat", "pq", "ivf", "hnsw"), default="auto")
+    i.add_argument("inputs", nargs="+", help="image files or folders")
+    i.set_defaults(fn=_index)
+
+    q = sub.add_parser("query", help="tokens most similar to one token (JSON lines)")
+    _add_model_options(q, None)
+    q.add_argument("--index", required=True, help="index folder from `mcssl index`")
+    q.add_argument("--image", required=True, help="an indexed image, or a new one")
+    q.add_argument("--token", type=int, nargs=2, required=True, metavar=("ROW", "COL"))
+    q.add_argument("--top", type=int, default=10)
+    q.add_argument("--same-concept", action="store_true", help="same argmax pseudo-concept only")
+    q.add_argument("--exclude-own", action="store_true", help="skip the query's own image")
+    q.add_argument("--one-per-image", action="store_true", help="best token per image only")
+    q.set_defaults(fn=_query)
     return p
 
 
@@ -59,10 +196,20 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from mcssl.checkpoint import CheckpointError
     from mcssl.config import ConfigError
     from mcssl.data import DataError
+    from mcssl.explore.encoder import EncoderError
+    from mcssl.explore.index import TokenIndexError
     from mcssl.images import ImageError
     from mcssl.train import TrainError
 
-    return ConfigError, DataError, TrainError, CheckpointError, ImageError
+    return (
+        ConfigError,
+        DataError,
+        TrainError,
+        CheckpointError,
+        ImageError,
+        EncoderError,
+        TokenIndexError,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         rank = os.environ.get("RANK")
         prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
         print(f"mcssl {args.command}: error: {prefix}{e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
+        from mcssl.explore.encoder import EncoderError
+
+        return 2 if isinstance(e, (ConfigError, EncoderError)) else 1
     except KeyboardInterrupt:
         print(f"mcssl {args.command}: interrupted", file=sys.stderr)
         return 130

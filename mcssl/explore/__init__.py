@@ -1,0 +1,41 @@
+"""Concept analysis engine: what the app shows, callable from scripts and notebooks.
+
+from mcssl.explore import load_encoder, FeatureExtractor, concepts_for_ks
+enc = load_encoder("runs/vits16")            # or "default", an export, DINO, timm, ...
+feats = FeatureExtractor(enc)([image])[0]    # tokens (N, D), grid, probs (N, K)
+labels = concepts_for_ks(feats.tokens, (2, 3, 4))
+"""
+
+from mcssl.explore.concepts import (
+    cluster_mean_probs,
+    cocluster_for_ks,
+    concept_histograms,
+    concepts_for_ks,
+    top_concepts,
+    upsample_labels,
+)
+from mcssl.explore.encoder import Encoder, EncoderError, load_encoder
+from mcssl.explore.features import FeatureExtractor, ImageFeatures, Settings
+from mcssl.explore.index import Hit, TokenIndex, TokenIndexError
+from mcssl.explore.render import overlay, side_by_side, token_crop
+
+__all__ = [
+    "Encoder",
+    "EncoderError",
+    "FeatureExtractor",
+    "Hit",
+    "ImageFeatures",
+    "Settings",
+    "TokenIndex",
+    "TokenIndexError",
+    "cluster_mean_probs",
+    "cocluster_for_ks",
+    "concept_histograms",
+    "concepts_for_ks",
+    "load_encoder",
+    "overlay",
+    "side_by_side",
+    "token_crop",
+    "top_concepts",
+    "upsample_labels",
+]
