@@ -27,13 +27,12 @@ from mcssl.images import sample_photos
 from mcssl.models import Student
 
 
-def encoder_for(arch: str, patch: int, k: int) -> Encoder:
+def encoder_for(arch: str, patch: int, k: int, head: bool = True) -> Encoder:
     cfg = ModelConfig(arch=arch, patch_size=patch, drop_path=0.0, num_concepts=k)
-    s = Student(cfg).eval()
-    enc = Encoder(s.backbone, s.concept_head, torch.zeros(k), 0.04, {}, digest="bench")
-    enc.backbone.requires_grad_(False)
-    enc.head.requires_grad_(False)
-    return enc
+    s = Student(cfg).eval().requires_grad_(False)
+    if not head:  # like a DINO checkpoint: no pseudo-concept probabilities
+        return Encoder(s.backbone, None, None, 0.04, {}, digest="bench")
+    return Encoder(s.backbone, s.concept_head, torch.zeros(k), 0.04, {}, digest="bench")
 
 
 def best_of(fn, reps: int) -> float:
@@ -53,10 +52,11 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-head", action="store_true", help="backbone only (no probabilities)")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.manual_seed(0)
-    enc = encoder_for(args.arch, args.patch, args.num_concepts)
+    enc = encoder_for(args.arch, args.patch, args.num_concepts, head=not args.no_head)
     photos = [p.convert("RGB") for p in sample_photos().values()][: args.images]
     sizes = [model_size(*p.size, args.patch, args.resolution, 896) for p in photos]
     tensors = [to_tensor(p, s)[None] for p, s in zip(photos, sizes, strict=True)]
@@ -99,7 +99,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "arch": args.arch,
         "patch": args.patch,
-        "num_concepts": args.num_concepts,
+        "num_concepts": 0 if args.no_head else args.num_concepts,
         "images": n,
         "mean_tokens": float(np.mean([(w // args.patch) * (h // args.patch) for w, h in sizes])),
         "bare_ms_per_image": 1000 * t_bare / n,

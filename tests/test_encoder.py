@@ -7,6 +7,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -173,3 +174,22 @@ def test_missing_default_and_missing_file(monkeypatch, tmp_path: Path) -> None:
         load_encoder("default")
     with pytest.raises(EncoderError, match="not found"):
         load_encoder(tmp_path / "missing.pt")
+
+
+def test_feature_extractor_layers_aspect_and_cache(run_dir: Path) -> None:
+    from PIL import Image
+
+    from mcssl.explore.features import FeatureExtractor, Settings
+
+    enc = load_encoder(run_dir)
+    img = Image.new("RGB", (120, 60), "white")
+    img.paste((200, 30, 30), (0, 0, 60, 60))
+    last = FeatureExtractor(enc, Settings(resolution=32))([img])[0]
+    first = FeatureExtractor(enc, Settings(resolution=32, layer=0))([img])[0]
+    assert last.grid == first.grid == (4, 8) and last.input_size == (32, 64)  # aspect kept
+    assert last.tokens.shape == first.tokens.shape == (32, 64)
+    assert not np.allclose(last.tokens, first.tokens)
+    assert first.probs is not None and np.allclose(first.probs, last.probs)  # from last block
+    ex = FeatureExtractor(enc, Settings(resolution=32))
+    a, b = ex([img]), ex([img.copy()])
+    assert a[0] is b[0] and len(ex.cache) == 1  # same pixels: a cache hit

@@ -79,9 +79,13 @@ class FeatureExtractor:
         """(B, 3, H, W) -> tokens (B, N, D) of the chosen block, probs (B, N, K) or None."""
         enc, layer = self.encoder, self.settings.layer % self.encoder.depth
         last = enc.depth - 1
-        indices = sorted({layer, last})
+        x = batch.to(enc.device)
+        if layer == last:  # forward_features is ~10% faster than forward_intermediates
+            tokens = enc.backbone.forward_features(x)[:, enc.backbone.num_prefix_tokens :]
+            return tokens, enc.concept_probs(tokens) if enc.has_concepts else None
+        indices = [layer, last]
         outs = enc.backbone.forward_intermediates(
-            batch.to(enc.device),
+            x,
             indices=indices,
             norm=True,
             output_fmt="NLC",
