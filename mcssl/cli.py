@@ -9,17 +9,13 @@ import sys
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mcssl.config import load_config
+    from mcssl.config import apply_overrides, load_config
     from mcssl.train import load_run_config, train
 
     if args.config:
         cfg = load_config(args.config, args.overrides)
     elif args.resume:
-        from mcssl.config import _merge, parse_overrides, validate
-
-        cfg = load_run_config(args.out)
-        _merge(cfg, parse_overrides(args.overrides))
-        validate(cfg)
+        cfg = apply_overrides(load_run_config(args.out), args.overrides)
     else:
         raise SystemExit("mcssl train: error: --config is required (unless --resume)")
     summary = train(cfg, args.out, resume=args.resume)
@@ -213,7 +209,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="mcssl: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="mcssl: %(message)s")
+    logging.getLogger("mcssl").setLevel(logging.INFO)  # ours at INFO; libraries stay quiet
     args = build_parser().parse_args(argv)
     errors = _user_errors()
     try:

@@ -237,6 +237,13 @@ def resolve_recipe(name_or_path: str) -> Path:
     raise ConfigError(f"config {name_or_path!r} not found (a YAML path or one of: {known})")
 
 
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Dotted ``key=value`` overrides on an existing config, then the value checks."""
+    _merge(cfg, parse_overrides(overrides))
+    validate(cfg)
+    return cfg
+
+
 def load_config(recipe: str | None = None, overrides: list[str] | None = None) -> Config:
     cfg = Config()
     if recipe:
@@ -249,9 +256,7 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None) -
             raise ConfigError(f"config {path} must be a mapping at the top level")
         data.setdefault("recipe", path.stem)
         _merge(cfg, data)
-    _merge(cfg, parse_overrides(overrides or []))
-    validate(cfg)
-    return cfg
+    return apply_overrides(cfg, overrides or [])
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

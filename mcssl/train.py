@@ -191,6 +191,20 @@ class Trainer:
         return state
 
     def _load(self, state: dict[str, Any]) -> None:
+        try:
+            self._load_modules(state)
+        except (RuntimeError, KeyError, ValueError) as e:
+            msg = " ".join(str(e).split())[:300]
+            last = self.out / "last.pt"
+            raise TrainError(f"--resume: {last} does not fit this run ({msg})") from None
+        self.step = int(state["step"])
+        self.skipped_images = int(state.get("skipped_images", 0))
+        if self.step > self.total_steps:
+            raise TrainError(
+                f"checkpoint is at step {self.step}, past this config's {self.total_steps} steps"
+            )
+
+    def _load_modules(self, state: dict[str, Any]) -> None:
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -198,12 +212,6 @@ class Trainer:
         self.patch_loss.load_state_dict(state["patch_loss"])
         if self.cls_loss is not None:
             self.cls_loss.load_state_dict(state["cls_loss"])
-        self.step = int(state["step"])
-        self.skipped_images = int(state.get("skipped_images", 0))
-        if self.step > self.total_steps:
-            raise TrainError(
-                f"checkpoint is at step {self.step}, past this config's {self.total_steps} steps"
-            )
 
     def state_dict(self) -> dict[str, Any]:
         return {

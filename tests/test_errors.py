@@ -107,6 +107,9 @@ def test_existing_run_needs_resume(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "already holds a run" in one_error_line(capsys)
     assert main(["train", *SMOKE, "--out", str(out), "--resume", "model.depth=3"]) == 2
     assert "model settings differ" in one_error_line(capsys)
+    # learnt loss weights add parameters the checkpoint does not have
+    assert main(["train", *SMOKE, "--out", str(out), "--resume", "loss.combine=uncertainty"]) == 1
+    assert "does not fit this run" in one_error_line(capsys)
 
 
 def test_export_of_a_non_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
