@@ -44,11 +44,6 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def all_gather_object(obj):
     if not (dist.is_available() and dist.is_initialized()):
         return [obj]
