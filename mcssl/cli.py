@@ -47,7 +47,7 @@ def _concepts(args: argparse.Namespace) -> int:
 
     ex = _extractor(args, args.checkpoint)
     paths = expand_inputs(args.images)
-    results = list(analyse(ex, paths, tuple(args.k), args.seed))
+    results = analyse(ex, paths, tuple(args.k), args.seed, args.cocluster)
     out = Path(args.out)
     records = write_concepts(results, out, args.alpha, args.smooth)
     settings = {
@@ -57,6 +57,7 @@ def _concepts(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "smooth": args.smooth,
         "alpha": args.alpha,
+        "cocluster": args.cocluster,
     }
     text = concepts_json(records, args.checkpoint, ex.encoder.digest, settings)
     (out / "concepts.json").write_text(text)
@@ -95,38 +96,33 @@ def _query(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mcssl.explore.index import TokenIndex
-    from mcssl.explore.pipeline import query_image_token
+    from mcssl.explore.pipeline import query_image_cluster, query_image_token
 
     index = TokenIndex.load(args.index)
     source = json.loads((Path(args.index) / "source.json").read_text())
     image = Path(args.image)
-    if not any(Path(r["path"]) == image for r in index.images):
+    ex = None  # an indexed image's tokens come from the index; otherwise embed it the same way
+    if args.cluster or not any(Path(r["path"]) == image for r in index.images):
         args.resolution, args.layer = source["resolution"], source["layer"]
         ex = _extractor(args, args.checkpoint or source["checkpoint"])
+    filters = {
+        "same_concept": args.same_concept,
+        "exclude_own": args.exclude_own,
+        "one_per_image": args.one_per_image,
+    }
+    if args.cluster:
+        hits = query_image_cluster(index, ex, image, *args.cluster, top=args.top, **filters)
     else:
-        ex = None
-    hits = query_image_token(
-        index,
-        ex,
-        image,
-        *args.token,
-        top=args.top,
-        same_concept=args.same_concept,
-        exclude_own=args.exclude_own,
-        one_per_image=args.one_per_image,
-    )
+        hits = query_image_token(index, ex, image, *args.token, top=args.top, **filters)
     for h in hits:
-        print(
-            json.dumps(
-                {
-                    "image": h.path,
-                    "row": h.row,
-                    "col": h.col,
-                    "score": round(float(h.score), 6),
-                    "pseudo_concept": h.concept,
-                }
-            )
-        )
+        row = {
+            "image": h.path,
+            "row": h.row,
+            "col": h.col,
+            "score": round(float(h.score), 6),
+            "pseudo_concept": h.concept,
+        }
+        print(json.dumps(row))
     return 0
 
 
@@ -165,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     c.add_argument("--smooth", action="store_true", help="smooth mask upsampling")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument(
+        "--cocluster",
+        action="store_true",
+        help="one k-means over all images: a concept id means the same everywhere",
+    )
     c.add_argument("images", nargs="+", help="image files or folders")
     c.set_defaults(fn=_concepts)
 
@@ -179,7 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(q, None)
     q.add_argument("--index", required=True, help="index folder from `mcssl index`")
     q.add_argument("--image", required=True, help="an indexed image, or a new one")
-    q.add_argument("--token", type=int, nargs=2, required=True, metavar=("ROW", "COL"))
+    what = q.add_mutually_exclusive_group(required=True)
+    what.add_argument("--token", type=int, nargs=2, metavar=("ROW", "COL"))
+    what.add_argument(
+        "--cluster",
+        type=int,
+        nargs=2,
+        metavar=("K", "C"),
+        help="the mean of cluster C of a k-means with K clusters of the image",
+    )
     q.add_argument("--top", type=int, default=10)
     q.add_argument("--same-concept", action="store_true", help="same argmax pseudo-concept only")
     q.add_argument("--exclude-own", action="store_true", help="skip the query's own image")

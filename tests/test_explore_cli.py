@@ -192,3 +192,55 @@ def test_index_and_query(export, photos, tmp_path: Path, capsys: pytest.CaptureF
     )
     hit = json.loads(capsys.readouterr().out.splitlines()[0])
     assert hit["image"] == str(photos[0]) and (hit["row"], hit["col"]) == (2, 3)
+
+
+def test_cocluster_gives_one_labelling_across_images(export, photos, tmp_path: Path) -> None:
+    from mcssl.explore.concepts import cocluster_for_ks
+    from mcssl.explore.encoder import load_encoder
+    from mcssl.explore.features import FeatureExtractor, Settings
+
+    code, data = concepts(export, tmp_path / "co", photos[:3], "--cocluster")
+    assert code == 0 and data["settings"]["cocluster"] is True
+    ex = FeatureExtractor(load_encoder(export), Settings(resolution=64))
+    feats = ex([Image.open(p).convert("RGB") for p in photos[:3]])
+    want = cocluster_for_ks([f.tokens for f in feats], (2, 3, 4), 0)
+    for i, rec in enumerate(data["images"]):
+        for k in (2, 3, 4):
+            assert np.array(rec["labels"][str(k)]).ravel().tolist() == want[k][i].tolist()
+    # one k-means over all images differs from per-image k-means on at least one image
+    _, alone = concepts(export, tmp_path / "alone", photos[:3])
+    assert any(
+        a["labels"] != b["labels"] for a, b in zip(alone["images"], data["images"], strict=True)
+    )
+
+
+def test_query_by_cluster_mean(export, photos, tmp_path: Path, capsys) -> None:
+    idx = tmp_path / "idx"
+    args = ["--checkpoint", str(export), "--resolution", "64"]
+    assert main(["index", *args, "--out", str(idx), *map(str, photos)]) == 0
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "query",
+                "--index",
+                str(idx),
+                "--image",
+                str(photos[0]),
+                "--cluster",
+                "3",
+                "1",
+                "--top",
+                "5",
+                "--exclude-own",
+            ]
+        )
+        == 0
+    )
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(hits) == 5 and all(h["image"] != str(photos[0]) for h in hits)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert (
+        main(["query", "--index", str(idx), "--image", str(photos[0]), "--cluster", "3", "5"]) == 1
+    )
+    assert "does not exist for k=3" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from mcssl.explore.concepts import (
     cluster_mean_probs,
+    cocluster_for_ks,
     concepts_for_ks,
     top_concepts,
     upsample_labels,
@@ -74,14 +75,12 @@ class ImageConcepts:
         return out
 
 
-def analyse(
-    extractor: FeatureExtractor, paths: list[Path], ks: tuple[int, ...], seed: int = 0
-) -> Iterator[ImageConcepts]:
-    """Per image: features, then k-means for every k with colours matched from k to k+1."""
+def featurise(extractor: FeatureExtractor, paths: list[Path]) -> Iterator[ImageConcepts]:
+    """Opens and embeds images batch by batch; a bad image becomes an error record."""
     batch = extractor.settings.batch_size
     for i in range(0, len(paths), batch):
-        chunk, images, results = paths[i : i + batch], [], []
-        for p in chunk:
+        images, results = [], []
+        for p in paths[i : i + batch]:
             try:
                 images.append(open_image(p))
                 results.append(ImageConcepts(str(p), images[-1]))
@@ -91,12 +90,28 @@ def analyse(
         for r in results:
             if r.error is None:
                 r.features = next(feats)
-                gh, gw = r.features.grid
-                r.labels = {
-                    k: v.reshape(gh, gw)
-                    for k, v in concepts_for_ks(r.features.tokens, ks, seed).items()
-                }
             yield r
+
+
+def analyse(
+    extractor: FeatureExtractor,
+    paths: list[Path],
+    ks: tuple[int, ...],
+    seed: int = 0,
+    cocluster: bool = False,
+) -> list[ImageConcepts]:
+    """k-means for every k per image (or, with ``cocluster``, one k-means over the tokens of
+    all images, so a concept id means the same cluster everywhere); colours matched k -> k+1."""
+    results = list(featurise(extractor, paths))
+    good = [r for r in results if r.features is not None]
+    if cocluster and good:
+        per_k = cocluster_for_ks([r.features.tokens for r in good], ks, seed)
+        labels = [{k: per_k[k][i] for k in per_k} for i in range(len(good))]
+    else:
+        labels = [concepts_for_ks(r.features.tokens, ks, seed) for r in good]
+    for r, lab in zip(good, labels, strict=True):
+        r.labels = {k: v.reshape(r.features.grid) for k, v in lab.items()}
+    return results
 
 
 def write_concepts(
@@ -165,6 +180,39 @@ def build_index(
     if index is None:
         raise ImageError("no readable images to index" + (f" ({errors[0]})" if errors else ""))
     return index, errors
+
+
+def query_image_cluster(
+    index: TokenIndex,
+    extractor: FeatureExtractor,
+    image: Path,
+    k: int,
+    cluster: int,
+    top: int,
+    same_concept: bool = False,
+    exclude_own: bool = False,
+    one_per_image: bool = False,
+    seed: int = 0,
+) -> list[Hit]:
+    """Query by the mean of one k-means cluster of an image (a region, not a single token)."""
+    if not 0 <= cluster < k:
+        raise ImageError(f"cluster {cluster} does not exist for k={k} (0..{k - 1})")
+    (f,) = extractor([open_image(image)])
+    members = concepts_for_ks(f.tokens, (k,), seed)[k] == cluster
+    if not members.any():
+        raise ImageError(f"cluster {cluster} of k={k} is empty in {image}")
+    concept = None
+    if same_concept and f.argmax is not None:  # the cluster's most frequent pseudo-concept
+        concept = int(np.bincount(f.argmax[members]).argmax())
+    own = [i for i, rec in enumerate(index.images) if Path(rec["path"]) == image]
+    exclude = own[0] if exclude_own and own else None
+    return index.search(
+        f.tokens[members],
+        top,
+        same_concept=concept,
+        exclude_image=exclude,
+        one_per_image=one_per_image,
+    )
 
 
 def query_image_token(
