@@ -1,0 +1,58 @@
+"""Synthetic scenes (masks match what was drawn, determinism) and concept-discovery metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from mcssl.metrics import ari, matched_miou, nmi, patch_labels
+from mcssl.scenes import CLASSES, SceneSpec, make_scenes
+
+
+def test_masks_match_what_was_drawn() -> None:
+    for img, mask in make_scenes(6, seed=3):
+        assert img.shape == (128, 128, 3) and img.dtype == np.uint8 and mask.shape == (128, 128)
+        present = set(np.unique(mask)) - {0}
+        assert present and present <= set(range(1, len(CLASSES) + 1))
+        for c in present:
+            colour = np.asarray(CLASSES[c - 1][1], np.float32)
+            shades = {tuple(np.round(colour * f).astype(int)) for f in (0.75, 1.0)}
+            pixels = {tuple(p) for p in img[mask == c].astype(int)}
+            assert pixels <= shades and len(pixels) == 2  # both texture shades, nothing else
+
+
+def test_scenes_are_deterministic_by_seed() -> None:
+    a, b, c = make_scenes(3, seed=1), make_scenes(3, seed=1), make_scenes(3, seed=2)
+    assert all(
+        np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b, strict=True)
+    )
+    assert not np.array_equal(a[0][0], c[0][0])
+    small = make_scenes(2, seed=1, spec=SceneSpec(size=64, max_objects=1))
+    assert small[0][0].shape == (64, 64, 3) and len(set(np.unique(small[0][1])) - {0}) == 1
+
+
+def test_patch_labels_take_the_majority() -> None:
+    mask = np.zeros((4, 4), int)
+    mask[0, :3] = 2  # top-left patch: 2 of 4 pixels are class 2 -> tie -> lower id (0)
+    mask[0:2, 2:4] = 1  # top-right patch: all class 1
+    mask[2:, :] = 3
+    mask[3, 3] = 0
+    assert patch_labels(mask, 2).tolist() == [[0, 1], [3, 3]]
+
+
+def test_metrics_on_hand_made_label_maps() -> None:
+    truth = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2]])
+    renamed = (truth + 1) % 3  # the same partition under other ids
+    assert ari(truth, renamed) == pytest.approx(1.0)
+    assert nmi(truth, renamed) == pytest.approx(1.0)
+    assert matched_miou(truth, renamed) == pytest.approx(1.0)
+    pred = np.array([[0, 0, 0, 1], [0, 0, 1, 1], [2, 2, 2, 2]])
+    # IoU by hand: class 0 vs cluster 0: 4/5; class 1 vs 1: 3/4; class 2 vs 2: 1
+    assert matched_miou(truth, pred) == pytest.approx((4 / 5 + 3 / 4 + 1) / 3)
+    assert ari(truth, pred) == pytest.approx(adjusted_rand_score(truth.ravel(), pred.ravel()))
+    assert nmi(truth, pred) == pytest.approx(
+        normalized_mutual_info_score(truth.ravel(), pred.ravel())
+    )
+    one = np.zeros_like(truth)  # a single cluster matches one class only
+    assert matched_miou(truth, one) == pytest.approx((4 / 12) / 3)
