@@ -146,11 +146,16 @@ def test_bad_images_get_one_line_each_and_the_rest_runs(
     assert "too small" in by_name["one_pixel.png"]["error"]
 
 
-def test_index_and_query(export, photos, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    idx = tmp_path / "idx"
+@pytest.fixture(scope="module")
+def indexed(export: Path, photos: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    idx = tmp_path_factory.mktemp("index") / "idx"
     args = ["--checkpoint", str(export), "--resolution", "64"]
     assert main(["index", *args, "--out", str(idx), *map(str, photos)]) == 0
-    capsys.readouterr()
+    return idx
+
+
+def test_index_and_query(indexed, photos, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    idx = indexed
 
     def query(*extra: str) -> list[dict]:
         assert (
@@ -214,11 +219,8 @@ def test_cocluster_gives_one_labelling_across_images(export, photos, tmp_path: P
     )
 
 
-def test_query_by_cluster_mean(export, photos, tmp_path: Path, capsys) -> None:
-    idx = tmp_path / "idx"
-    args = ["--checkpoint", str(export), "--resolution", "64"]
-    assert main(["index", *args, "--out", str(idx), *map(str, photos)]) == 0
-    capsys.readouterr()
+def test_query_by_cluster_mean(indexed, photos, capsys) -> None:
+    idx = indexed
     assert (
         main(
             [
