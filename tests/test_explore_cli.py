@@ -154,29 +154,17 @@ def indexed(export: Path, photos: list[Path], tmp_path_factory: pytest.TempPathF
     return idx
 
 
+def run_query(idx: Path, image: Path, capsys: pytest.CaptureFixture, *args: str) -> list[dict]:
+    """`mcssl query` on the index; asserts exit 0 and returns the JSON lines."""
+    assert main(["query", "--index", str(idx), "--image", str(image), *args]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
 def test_index_and_query(indexed, photos, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     idx = indexed
 
     def query(*extra: str) -> list[dict]:
-        assert (
-            main(
-                [
-                    "query",
-                    "--index",
-                    str(idx),
-                    "--image",
-                    str(photos[0]),
-                    "--token",
-                    "2",
-                    "3",
-                    "--top",
-                    "8",
-                    *extra,
-                ]
-            )
-            == 0
-        )
-        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        return run_query(indexed, photos[0], capsys, "--token", "2", "3", "--top", "8", *extra)
 
     hits = query()
     assert len(hits) == 8
@@ -220,29 +208,13 @@ def test_cocluster_gives_one_labelling_across_images(export, photos, tmp_path: P
 
 
 def test_query_by_cluster_mean(indexed, photos, capsys) -> None:
-    idx = indexed
-    assert (
-        main(
-            [
-                "query",
-                "--index",
-                str(idx),
-                "--image",
-                str(photos[0]),
-                "--cluster",
-                "3",
-                "1",
-                "--top",
-                "5",
-                "--exclude-own",
-            ]
-        )
-        == 0
+    hits = run_query(
+        indexed, photos[0], capsys, "--cluster", "3", "1", "--top", "5", "--exclude-own"
     )
-    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(hits) == 5 and all(h["image"] != str(photos[0]) for h in hits)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert (
-        main(["query", "--index", str(idx), "--image", str(photos[0]), "--cluster", "3", "5"]) == 1
+        main(["query", "--index", str(indexed), "--image", str(photos[0]), "--cluster", "3", "5"])
+        == 1
     )
     assert "does not exist for k=3" in capsys.readouterr().err
