@@ -126,6 +126,26 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_concepts(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from mcssl.evaluation.concepts import evaluate, format_table
+    from mcssl.explore.encoder import load_encoder
+
+    enc = load_encoder(args.checkpoint, args.device)
+    result = evaluate(
+        enc, args.data, args.seeds, args.resolution, args.layer, not args.no_baselines
+    )
+    result["checkpoint"] = args.checkpoint
+    print(format_table(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(f"mcssl: results -> {args.out}")
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser, checkpoint_default: str | None) -> None:
     p.add_argument(
         "--checkpoint",
@@ -194,6 +214,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--exclude-own", action="store_true", help="skip the query's own image")
     q.add_argument("--one-per-image", action="store_true", help="best token per image only")
     q.set_defaults(fn=_query)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint")
+    evs = ev.add_subparsers(dest="eval_command", required=True)
+    ec = evs.add_parser(
+        "concepts", help="concept discovery vs ground-truth masks (ARI, mIoU, NMI) + baselines"
+    )
+    _add_model_options(ec, "default")
+    ec.set_defaults(resolution=None)  # None = the benchmark images' own size
+    ec.add_argument(
+        "--data",
+        default="synthetic:200",
+        help="synthetic:N (generated scenes) or a folder with images/ and masks/<name>.png",
+    )
+    ec.add_argument("--seeds", type=int, nargs="+", default=[0], help="scene + k-means seeds")
+    ec.add_argument("--no-baselines", action="store_true", help="skip pixels and random ViT")
+    ec.add_argument("--out", help="write the results as JSON here")
+    ec.set_defaults(fn=_eval_concepts)
     return p
 
 
@@ -201,6 +238,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from mcssl.checkpoint import CheckpointError
     from mcssl.config import ConfigError
     from mcssl.data import DataError
+    from mcssl.evaluation.concepts import BenchmarkError
     from mcssl.explore.encoder import EncoderError
     from mcssl.explore.index import TokenIndexError
     from mcssl.images import ImageError
@@ -214,6 +252,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         ImageError,
         EncoderError,
         TokenIndexError,
+        BenchmarkError,
     )
 
 
@@ -229,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
 
         rank = os.environ.get("RANK")
         prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
-        print(f"mcssl {args.command}: error: {prefix}{e}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "eval_command", None))))
+        print(f"mcssl {command}: error: {prefix}{e}", file=sys.stderr)
         from mcssl.explore.encoder import EncoderError
 
         return 2 if isinstance(e, (ConfigError, EncoderError)) else 1

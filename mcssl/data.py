@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 
 from mcssl.config import Config
 from mcssl.images import IMAGE_EXTENSIONS, ImageError, find_images, load_rgb, sample_photos
+from mcssl.scenes import make_scenes
 
 log = logging.getLogger(__name__)
 
@@ -122,19 +123,48 @@ class ResumableDistributedSampler(Sampler):
             yield self.epoch, i
 
 
-def resolve_items(path: str) -> tuple[list[Path | Image.Image], str]:
-    """data.path -> items and a short description of the data (saved in the export)."""
-    if path == "samples":
+def _one_source(source: str) -> tuple[list[Path | Image.Image], str]:
+    if source == "samples":
         photos = sample_photos()
-        return list(photos.values()), f"samples: {len(photos)} scikit-image/scikit-learn photos"
+        return list(photos.values()), f"{len(photos)} scikit-image/scikit-learn photos"
+    if source.startswith("synthetic:"):
+        n, _, seed = source.split(":", 1)[1].partition(":")
+        try:
+            n_i, seed_i = int(n), int(seed or 0)
+        except ValueError:
+            raise DataError(f"{source}: expected synthetic:N or synthetic:N:SEED") from None
+        if n_i < 1:
+            raise DataError(f"{source}: N must be at least 1")
+        scenes = make_scenes(n_i, seed_i)
+        return [Image.fromarray(img) for img, _ in scenes], f"{n_i} synthetic scenes"
     try:
-        files = find_images(path)
+        files = find_images(source)
     except FileNotFoundError as e:
         raise DataError(str(e)) from None
     if not files:
         exts = ", ".join(IMAGE_EXTENSIONS)
-        raise DataError(f"no images found under {path} (looked for {exts}, recursively)")
-    return list(files), f"{path}: {len(files)} images"
+        raise DataError(f"no images found under {source} (looked for {exts}, recursively)")
+    return list(files), f"{source}: {len(files)} images"
+
+
+def resolve_items(path: str) -> tuple[list[Path | Image.Image], str]:
+    """data.path -> items and a short description of the data (saved in the export).
+
+    ``path`` is one source or several joined by ``+``; a source is ``samples`` (the bundled
+    photos), ``synthetic:N[:SEED]`` (generated scenes), a folder or a .txt file list, and may
+    end in ``*M`` to repeat its items M times (to weight a small source against a large one)."""
+    items: list[Path | Image.Image] = []
+    descs = []
+    for part in path.split("+"):
+        source, _, times = part.strip().partition("*")
+        try:
+            m = int(times or 1)
+        except ValueError:
+            raise DataError(f"{part}: expected SOURCE*M with an integer M") from None
+        got, desc = _one_source(source)
+        items += got * max(1, m)
+        descs.append(desc + (f" x{m}" if m > 1 else ""))
+    return items, " + ".join(descs)
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Procedural multi-concept scenes with ground-truth masks (for concept-discovery benchmarks).
 
 A fixed set of concept classes is shared by every scene: each class is a shape with its own
-colour and texture; objects of random size and position are drawn over a textured background
-(class 0), later objects occluding earlier ones. Deterministic by seed.
+colour and a high-contrast two-tone texture; objects of random size and position are drawn over
+a textured background of random colours (class 0), later objects occluding earlier ones.
+Per-object colour jitter and a lighting gradient over the whole image make raw colour a weaker
+cue than texture and shape, so that pixel k-means is a real baseline. Deterministic by seed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class SceneSpec:
     max_objects: int = 4
     min_frac: float = 0.2  # object size as a fraction of the image side
     max_frac: float = 0.5
+    jitter: float = 0.15  # per-object colour gain in [1 - jitter, 1 + jitter] per channel
+    lighting: float = 0.3  # brightness varies linearly by +-lighting across the image
+    dark: float = 0.35  # the texture's second tone = class colour x dark
 
 
 def _texture(kind: str, h: int, w: int, period: int, phase: int) -> np.ndarray:
@@ -55,15 +60,29 @@ def _shape(kind: str, h: int, w: int, cy: float, cx: float, r: float) -> np.ndar
     return (y >= top) & (y <= bottom) & (np.abs(x - cx) <= half)
 
 
+def _background(rng: np.random.Generator, s: int) -> np.ndarray:
+    """(s, s, 3) float: two random tones in a random texture, plus noise."""
+    a, b = rng.uniform(60, 200, size=(2, 3))
+    kind = ("stripes", "dots", "checker")[int(rng.integers(0, 3))]
+    pattern = _texture(kind, s, s, int(rng.integers(4, 12)), int(rng.integers(0, 8)))[..., None]
+    mix = 0.3 * pattern  # low contrast: background texture is a weaker cue than objects'
+    return (1 - mix) * a + mix * b + rng.normal(0, 12, size=(s, s, 1))
+
+
+def _lighting(rng: np.random.Generator, s: int, amount: float) -> np.ndarray:
+    """(s, s, 1) gain: a linear ramp in a random direction, 1 +- amount."""
+    theta = rng.uniform(0, 2 * np.pi)
+    y, x = (np.mgrid[0:s, 0:s] / max(1, s - 1)) * 2 - 1
+    ramp = (np.cos(theta) * x + np.sin(theta) * y) / np.sqrt(2)
+    return (1 + amount * ramp)[..., None]
+
+
 def make_scene(
     rng: np.random.Generator, spec: SceneSpec = SceneSpec()
 ) -> tuple[np.ndarray, np.ndarray]:
     """-> image (S, S, 3) uint8, mask (S, S) int64 with class ids (0 = background)."""
     s = spec.size
-    tone = rng.uniform(90, 170, size=3)
-    noise = rng.normal(0, 18, size=(s, s, 1))
-    grain = _texture("stripes", s, s, int(rng.integers(3, 6)), int(rng.integers(0, 8)))
-    img = np.clip(tone + noise + 12 * grain[..., None], 0, 255)
+    img = _background(rng, s)
     mask = np.zeros((s, s), np.int64)
     for _ in range(int(rng.integers(spec.min_objects, spec.max_objects + 1))):
         c = int(rng.integers(1, len(CLASSES) + 1))
@@ -71,11 +90,14 @@ def make_scene(
         r = rng.uniform(spec.min_frac, spec.max_frac) * s / 2
         cy, cx = rng.uniform(r, s - r, size=2)
         region = _shape(kind, s, s, cy, cx, r)
-        pattern = _texture(tex, s, s, max(2, s // 16), int(rng.integers(0, 8)))
-        shade = np.asarray(colour, np.float32) * (0.75 + 0.25 * pattern[..., None])
+        pattern = _texture(tex, s, s, max(2, s // 10), int(rng.integers(0, 8)))[..., None]
+        gain = rng.uniform(1 - spec.jitter, 1 + spec.jitter, size=3)
+        light = np.asarray(colour, np.float32) * gain
+        shade = light * (spec.dark + (1 - spec.dark) * pattern)
         img[region] = shade[region]
         mask[region] = c
-    return img.round().astype(np.uint8), mask
+    img = img * _lighting(rng, s, spec.lighting)
+    return np.clip(img, 0, 255).round().astype(np.uint8), mask
 
 
 def make_scenes(n: int, seed: int = 0, spec: SceneSpec = SceneSpec()):

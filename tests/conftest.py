@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mcssl.config import Config, ModelConfig, load_config
@@ -15,3 +17,13 @@ def smoke_cfg() -> Config:
 @pytest.fixture
 def tiny_model_cfg(smoke_cfg: Config) -> ModelConfig:
     return smoke_cfg.model
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder trained for one epoch of the smoke recipe (shared by the whole session)."""
+    from mcssl.train import train
+
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    train(load_config("smoke", ["optim.epochs=1"]), out)
+    return out

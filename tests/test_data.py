@@ -10,7 +10,13 @@ import torch
 from PIL import Image
 
 from mcssl.config import load_config
-from mcssl.data import ResumableDistributedSampler, UnlabelledImages, build_data
+from mcssl.data import (
+    DataError,
+    ResumableDistributedSampler,
+    UnlabelledImages,
+    build_data,
+    resolve_items,
+)
 from mcssl.images import ImageError, find_images, load_rgb
 
 
@@ -60,6 +66,32 @@ def test_file_list_and_folder(tmp_path: Path) -> None:
     lst = tmp_path / "list.txt"
     lst.write_text("# my images\na.png\nsub/c.webp\n")
     assert find_images(lst) == [tmp_path / "a.png", tmp_path / "sub/c.webp"]
+
+
+def test_mixed_sources_with_weights(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.png")
+    items, desc = resolve_items(f"samples*2+synthetic:5:1+{tmp_path}*3")
+    assert len(items) == 9 * 2 + 5 + 3
+    assert items[:9] == items[9:18]  # the photos twice, in the same order
+    assert [np.asarray(i).shape for i in items[18:23]] == [(128, 128, 3)] * 5
+    assert items[23:] == [tmp_path / "a.png"] * 3
+    assert (
+        desc
+        == f"9 scikit-image/scikit-learn photos x2 + 5 synthetic scenes + {tmp_path}: 1 images x3"
+    )
+    again, _ = resolve_items("synthetic:5:1")
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(again, items[18:23], strict=True)
+    )
+    for bad, words in [
+        ("synthetic:x", "expected synthetic:N"),
+        ("synthetic:0", "at least 1"),
+        ("samples*two", "integer M"),
+        (str(tmp_path / "missing"), "missing"),
+    ]:
+        with pytest.raises(DataError, match=words):
+            resolve_items(bad)
 
 
 def test_load_rgb_converts_odd_modes(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Evaluation of teachers: concept discovery against ground-truth masks (``mcssl eval``)."""

@@ -1,0 +1,220 @@
+"""Concept discovery with ground truth: per-image k-means vs. the true concept masks.
+
+Per image, k-means with k = number of ground-truth concepts present (patch level), scored by
+ARI and Hungarian-matched mIoU; across images, one co-clustering with k = number of classes,
+scored by NMI against the classes. The same images and k-means go through every method, so
+the baselines (raw pixel patches, a randomly initialised ViT of the same architecture) are
+directly comparable with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mcssl.explore.concepts import cocluster, kmeans_labels
+from mcssl.explore.encoder import Encoder
+from mcssl.explore.features import FeatureExtractor, Settings, model_size, to_tensor
+from mcssl.images import IMAGE_EXTENSIONS, ImageError, load_rgb
+from mcssl.metrics import ari, matched_miou, nmi, patch_labels
+from mcssl.scenes import SceneSpec, make_scenes
+
+# features for a list of images: one (tokens (N, D), grid (h, w)) per image
+Featuriser = Callable[[list[Image.Image]], list[tuple[np.ndarray, tuple[int, int]]]]
+
+
+class BenchmarkError(ValueError):
+    """Benchmark data that cannot be used; one-line message."""
+
+
+@dataclass
+class Labelled:
+    image: Image.Image
+    mask: np.ndarray  # (H, W) int class ids, same size as the image
+    name: str
+
+
+def synthetic(n: int, seed: int, size: int = 128) -> list[Labelled]:
+    scenes = make_scenes(n, seed, SceneSpec(size=size))
+    return [
+        Labelled(Image.fromarray(img), mask, f"scene{seed}_{i:04d}")
+        for i, (img, mask) in enumerate(scenes)
+    ]
+
+
+def from_folder(root: str | Path) -> list[Labelled]:
+    """``root/images/<name>.<ext>`` with ``root/masks/<name>.png`` holding class ids."""
+    root = Path(root)
+    if not (root / "images").is_dir() or not (root / "masks").is_dir():
+        raise BenchmarkError(f"{root}: expected images/ and masks/ folders")
+    out = []
+    for path in sorted((root / "images").iterdir()):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        mpath = root / "masks" / f"{path.stem}.png"
+        if not mpath.exists():
+            raise BenchmarkError(f"{path}: no mask {mpath}")
+        try:
+            img = load_rgb(path)
+            mask = np.asarray(Image.open(mpath))
+        except (ImageError, OSError) as e:
+            raise BenchmarkError(f"{mpath}: cannot read ({e})") from None
+        if mask.ndim != 2 or mask.shape != (img.height, img.width):
+            raise BenchmarkError(
+                f"{mpath}: mask must be one channel of class ids, {img.height}x{img.width}"
+            )
+        out.append(Labelled(img, mask.astype(np.int64), path.stem))
+    if not out:
+        raise BenchmarkError(f"{root}/images: no images")
+    return out
+
+
+def load_benchmark(spec: str, seed: int = 0) -> list[Labelled]:
+    """``synthetic:N`` (N generated scenes from ``seed``) or a folder with images/ and masks/."""
+    if spec.startswith("synthetic:"):
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise BenchmarkError(f"{spec}: expected synthetic:N with an integer N") from None
+        if n < 1:
+            raise BenchmarkError(f"{spec}: N must be at least 1")
+        return synthetic(n, seed)
+    return from_folder(spec)
+
+
+# ------------------------------------------------------------------------------ featurisers
+
+
+def encoder_features(enc: Encoder, resolution: int, layer: int = -1) -> Featuriser:
+    ex = FeatureExtractor(
+        enc, Settings(resolution=resolution, max_side=4 * resolution, layer=layer)
+    )
+    return lambda images: [(f.tokens, f.grid) for f in ex(images)]
+
+
+def random_like(enc: Encoder, seed: int = 0) -> Encoder:
+    """The same architecture with timm's initialisation (no concept head): the random-ViT
+    baseline."""
+    backbone = copy.deepcopy(enc.backbone)
+    torch.manual_seed(seed)
+    for m in backbone.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    backbone.init_weights()
+    return Encoder(backbone, None, None, enc.teacher_temp, {"format": "random"}, "random")
+
+
+def pixel_features(patch: int, resolution: int) -> Featuriser:
+    """Raw normalised pixels of each patch, flattened: (N, 3 * patch * patch)."""
+
+    def run(images: list[Image.Image]) -> list[tuple[np.ndarray, tuple[int, int]]]:
+        out = []
+        for im in images:
+            size = model_size(*im.size, patch, resolution, 4 * resolution)
+            x = to_tensor(im, size)  # (3, H, W)
+            h, w = size[1] // patch, size[0] // patch
+            t = x.reshape(3, h, patch, w, patch).permute(1, 3, 0, 2, 4).reshape(h * w, -1)
+            out.append((t.numpy(), (h, w)))
+        return out
+
+    return run
+
+
+# ------------------------------------------------------------------------------------ scoring
+
+
+def truth_at(mask: np.ndarray, grid: tuple[int, int], patch: int) -> np.ndarray:
+    """Pixel mask -> majority class per token on ``grid`` (the mask is resized to the model
+    input with nearest neighbour first). -> (h, w)."""
+    h, w = grid
+    m = Image.fromarray(mask.astype(np.int32)).resize((w * patch, h * patch), Image.NEAREST)
+    return patch_labels(np.asarray(m), patch)
+
+
+def score(
+    feats: list[tuple[np.ndarray, tuple[int, int]]],
+    data: list[Labelled],
+    patch: int,
+    seed: int = 0,
+) -> dict[str, float]:
+    """-> mean and std of per-image ARI and mIoU, co-clustering NMI, image count."""
+    aris, mious, tokens, truths = [], [], [], []
+    for (t, grid), item in zip(feats, data, strict=True):
+        truth = truth_at(item.mask, grid, patch).ravel()
+        tokens.append(t)
+        truths.append(truth)
+        k = len(np.unique(truth))
+        if k < 2:  # one concept only: nothing to separate
+            continue
+        pred = kmeans_labels(t, k, seed)
+        aris.append(ari(truth, pred))
+        mious.append(matched_miou(truth, pred))
+    if not aris:
+        raise BenchmarkError("no image has two or more ground-truth concepts at patch level")
+    n_classes = len(np.unique(np.concatenate(truths)))
+    co = np.concatenate(cocluster(tokens, n_classes, seed))
+    return {
+        "ari": float(np.mean(aris)),
+        "ari_std": float(np.std(aris)),
+        "miou": float(np.mean(mious)),
+        "miou_std": float(np.std(mious)),
+        "nmi": nmi(np.concatenate(truths), co),
+        "images": len(aris),
+    }
+
+
+def featurisers(
+    enc: Encoder, resolution: int, layer: int, baselines: bool, seed: int
+) -> dict[str, Featuriser]:
+    """The checkpoint and (optionally) the two baselines at the same resolution and patch."""
+    out = {"checkpoint": encoder_features(enc, resolution, layer)}
+    if baselines:
+        out["random_vit"] = encoder_features(random_like(enc, seed), resolution, layer)
+        out["pixels"] = pixel_features(enc.patch_size, resolution)
+    return out
+
+
+def evaluate(
+    enc: Encoder,
+    data_spec: str,
+    seeds: list[int],
+    resolution: int | None = None,
+    layer: int = -1,
+    baselines: bool = True,
+) -> dict:
+    """Scores the checkpoint (and the baselines) on ``data_spec`` for each seed; the seed picks
+    the synthetic scenes, k-means' initialisation and the random ViT. ``resolution`` None =
+    the images' shorter side. -> {"methods": {name: {metric: mean over seeds, metric_sd_seeds:
+    std over seeds, images_per_seed}}, "per_seed": {name: [scores per seed]}, ...}."""
+    per_seed: dict[str, list[dict]] = {}
+    for s in seeds:
+        data = load_benchmark(data_spec, s)
+        res = resolution or min(data[0].image.size)
+        for name, featurise in featurisers(enc, res, layer, baselines, s).items():
+            feats = featurise([d.image for d in data])
+            per_seed.setdefault(name, []).append(
+                {"seed": s, **score(feats, data, enc.patch_size, s)}
+            )
+    summary = {}
+    for name, rows in per_seed.items():
+        summary[name] = {"images_per_seed": rows[0]["images"]}
+        for m in ("ari", "miou", "nmi"):
+            summary[name][m] = float(np.mean([r[m] for r in rows]))
+            summary[name][f"{m}_sd_seeds"] = float(np.std([r[m] for r in rows]))
+    return {"data": data_spec, "seeds": seeds, "methods": summary, "per_seed": per_seed}
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'method':<12} {'ARI':>15} {'mIoU':>15} {'NMI (co-cl.)':>15}"]
+    for name, m in result["methods"].items():
+        cells = [f"{m[k]:.3f} ± {m[k + '_sd_seeds']:.3f}" for k in ("ari", "miou", "nmi")]
+        lines.append(f"{name:<12} " + " ".join(f"{c:>15}" for c in cells))
+    n, s = result["methods"]["checkpoint"]["images_per_seed"], len(result["seeds"])
+    lines.append(f"{n} images x {s} seeds ({result['data']}); ± = std over seeds")
+    return "\n".join(lines)
