@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test test-all test-gpu lint format bench
+.PHONY: install app test test-all test-gpu lint format bench
+PORT ?= 8501
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,13 +15,17 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 install: $(VENV)/.installed
 
+# The README's app command: the concept explorer on the bundled checkpoint (.streamlit/config.toml)
+app: install
+	$(VENV)/bin/streamlit run app/main.py --server.port $(PORT)
+
 lint: install
-	$(VENV)/bin/ruff check mcssl tests benchmarks
-	$(VENV)/bin/ruff format --check mcssl tests benchmarks
+	$(VENV)/bin/ruff check mcssl app tests benchmarks
+	$(VENV)/bin/ruff format --check mcssl app tests benchmarks
 
 format: install
-	$(VENV)/bin/ruff check --fix mcssl tests benchmarks
-	$(VENV)/bin/ruff format mcssl tests benchmarks
+	$(VENV)/bin/ruff check --fix mcssl app tests benchmarks
+	$(VENV)/bin/ruff format mcssl app tests benchmarks
 
 test: lint
 	$(PY) -m pytest -m "not slow and not gpu" -q

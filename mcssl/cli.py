@@ -20,7 +20,8 @@ def _train(args: argparse.Namespace) -> int:
         raise SystemExit("mcssl train: error: --config is required (unless --resume)")
     summary = train(cfg, args.out, resume=args.resume)
     if int(os.environ.get("RANK", 0)) == 0:
-        print(f"mcssl: trained {summary['steps']} steps in {summary['wall_s']:.1f}s -> {args.out}")
+        done = "stopped after" if summary["stopped"] else "trained"
+        print(f"mcssl: {done} {summary['steps']} steps in {summary['wall_s']:.1f}s -> {args.out}")
     return 0
 
 

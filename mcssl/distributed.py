@@ -50,3 +50,10 @@ def all_gather_object(obj):
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def describe_device(device: str = "auto") -> str:
+    """What ``run.device`` resolves to on this machine, in a few words."""
+    if (device == "auto" or device == "cuda") and torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return f"cpu: {torch.get_num_threads()} threads"

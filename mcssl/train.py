@@ -11,6 +11,8 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +155,7 @@ class Trainer:
         self.gen = torch.Generator(device=dev)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
         self.skipped_images = 0
+        self.stop_requested = False
 
     def _prepare_run_dir(self, resume: bool) -> None:
         """Rank 0 checks the folder; every rank learns the outcome (no rank left waiting)."""
@@ -351,6 +354,7 @@ class Trainer:
             "skipped_images": sum(distributed.all_gather_object(self.skipped_images)),
             "rank_digests": digests,
             "ranks_in_sync": len(set(digests)) == 1,
+            "stopped": self.step < self.total_steps,
         }
         if self.dist.is_main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -368,11 +372,29 @@ class Trainer:
             dynamic_ncols=True,
             desc="train",
         )
+        previous = None
+        if threading.current_thread() is threading.main_thread():  # signals need the main thread
+            previous = signal.signal(signal.SIGTERM, self._request_stop)
         try:
             self._loop(bar)
         finally:
             bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         return self.write_summary(started)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        """SIGTERM: finish the current step, save, and end cleanly (resumable)."""
+        self.stop_requested = True
+
+    def _should_stop(self) -> bool:
+        if self.dist.world == 1:
+            return self.stop_requested
+        if self.step % self.cfg.run.log_every:  # ranks agree at log steps only (one all-reduce)
+            return False
+        flag = torch.tensor(float(self.stop_requested), device=self.dist.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _loop(self, bar: tqdm) -> None:
         cfg, spe = self.cfg, self.data.steps_per_epoch
@@ -402,6 +424,10 @@ class Trainer:
                     self.write_preview()
                 if self.step % cfg.run.save_every == 0 and self.step % spe:
                     self.save()
+                if self._should_stop():
+                    self.save()
+                    log.info("stopped at step %d on request; resume with --resume", self.step)
+                    return
             done_epoch = self.step // spe
             keep = cfg.run.keep_every_epochs and done_epoch % cfg.run.keep_every_epochs == 0
             self.save(keep_as=f"checkpoint-{done_epoch:04d}.pt" if keep else None)

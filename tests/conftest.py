@@ -27,3 +27,13 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("smoke") / "run"
     train(load_config("smoke", ["optim.epochs=1"]), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def smoke_export(smoke_run: Path) -> Path:
+    """The smoke run's teacher exported to .safetensors."""
+    from mcssl.checkpoint import export_teacher
+
+    out = smoke_run.parent / "teacher.safetensors"
+    export_teacher(smoke_run, out)
+    return out

@@ -336,6 +336,14 @@ def cocluster_for_ks(
     return {k: np.split(lab, splits) for k, lab in chained.items()}
 
 
+def token_similarity(tokens: np.ndarray, n: int) -> np.ndarray:
+    """Cosine similarity of every token to token ``n``: (N, D) -> (N,) in [-1, 1]."""
+    x = _normalise(_check_tokens(tokens))
+    if not 0 <= n < len(x):
+        raise ValueError(f"token {n} is outside 0..{len(x) - 1}")
+    return x @ x[n]
+
+
 # ----------------------------------------------------------------------------- pseudo-concepts
 
 

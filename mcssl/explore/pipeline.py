@@ -104,14 +104,26 @@ def analyse(
     all images, so a concept id means the same cluster everywhere); colours matched k -> k+1."""
     results = list(featurise(extractor, paths))
     good = [r for r in results if r.features is not None]
-    if cocluster and good:
-        per_k = cocluster_for_ks([r.features.tokens for r in good], ks, seed)
-        labels = [{k: per_k[k][i] for k in per_k} for i in range(len(good))]
-    else:
-        labels = [concepts_for_ks(r.features.tokens, ks, seed) for r in good]
+    labels = label_features([r.features for r in good], ks, seed, cocluster)
     for r, lab in zip(good, labels, strict=True):
-        r.labels = {k: v.reshape(r.features.grid) for k, v in lab.items()}
+        r.labels = lab
     return results
+
+
+def label_features(
+    feats: list[ImageFeatures], ks: tuple[int, ...], seed: int = 0, cocluster: bool = False
+) -> list[dict[int, np.ndarray]]:
+    """k-means labels per image as {k: (gh, gw)}: per image, or one co-clustering of all."""
+    if not feats:
+        return []
+    if cocluster:
+        per_k = cocluster_for_ks([f.tokens for f in feats], ks, seed)
+        flat = [{k: per_k[k][i] for k in per_k} for i in range(len(feats))]
+    else:
+        flat = [concepts_for_ks(f.tokens, ks, seed) for f in feats]
+    return [
+        {k: v.reshape(f.grid) for k, v in lab.items()} for f, lab in zip(feats, flat, strict=True)
+    ]
 
 
 def write_concepts(

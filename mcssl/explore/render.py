@@ -260,3 +260,45 @@ def side_by_side(
             draw.text((x + (t.width - tw) // 2, height + gap), text, fill=(0, 0, 0), font=font)
         x += t.width + gap
     return canvas
+
+
+# dark blue -> teal -> yellow (a viridis-like ramp: ordered in lightness, colour-blind safe)
+_RAMP = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)])
+
+
+def heatmap(image: Image.Image, values: np.ndarray, alpha: float = 0.6) -> Image.Image:
+    """``values`` (gh, gw) on a token grid -> coloured (low = dark blue, high = yellow), scaled
+    from their min to their max, upsampled (nearest) to the image and blended over it."""
+    img = _rgb(image)
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2 or not np.isfinite(v).all():
+        raise ValueError(f"values must be a finite 2-D grid, got shape {v.shape}")
+    span = v.max() - v.min()
+    t = (v - v.min()) / span if span > 0 else np.zeros_like(v)
+    pos = t * (len(_RAMP) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(_RAMP) - 2)
+    frac = (pos - lo)[..., None]
+    rgb = (1 - frac) * _RAMP[lo] + frac * _RAMP[lo + 1]
+    grid = Image.fromarray(rgb.round().astype(np.uint8), "RGB")
+    colours = np.asarray(grid.resize(img.size, Image.Resampling.NEAREST), np.float32)
+    out = (1 - alpha) * np.asarray(img, np.float32) + alpha * colours
+    return Image.fromarray(out.round().clip(0, 255).astype(np.uint8), "RGB")
+
+
+def id_colours(ids: np.ndarray) -> np.ndarray:
+    """Integer ids (any shape, e.g. argmax pseudo-concepts out of thousands) -> RGB uint8 of
+    shape ids.shape + (3,): a fixed colour per id (golden-ratio hues), the same everywhere."""
+    ids = np.asarray(ids)
+    hue = (ids.astype(np.float64) * 0.618033988749895) % 1.0
+    sat = 0.55 + 0.35 * ((ids * 7) % 3) / 2  # vary saturation/value a little to part neighbours
+    val = 0.75 + 0.2 * ((ids * 5) % 2)
+    h6 = hue * 6
+    i = np.floor(h6).astype(int) % 6
+    f = h6 - np.floor(h6)
+    p, q, t = val * (1 - sat), val * (1 - sat * f), val * (1 - sat * (1 - f))
+    table = [(val, t, p), (q, val, p), (p, val, t), (p, q, val), (t, p, val), (val, p, q)]
+    rgb = np.zeros(ids.shape + (3,))
+    for j, (r, g, b) in enumerate(table):
+        sel = i == j
+        rgb[sel] = np.stack([r[sel], g[sel], b[sel]], -1)
+    return (rgb * 255).round().astype(np.uint8)

@@ -1,0 +1,1 @@
+"""The app's pages; each has ``render(ctx)`` (Train: ``render()``)."""

@@ -1,0 +1,91 @@
+"""Retrieve: click a token; see its similarity to every token of the image and the most
+similar tokens across the gallery (exact FAISS index, cached on disk per model + gallery)."""
+
+from __future__ import annotations
+
+import streamlit as st
+from common import Context, runs_dir
+from streamlit_image_coordinates import streamlit_image_coordinates
+
+from mcssl.explore.concepts import token_similarity
+from mcssl.explore.gallery import gallery_index
+from mcssl.explore.index import TokenIndex
+from mcssl.explore.render import draw_token_box, heatmap, token_crop
+
+SHOWN_WIDTH = 448
+
+
+@st.cache_resource
+def _store() -> dict[str, TokenIndex]:
+    """Indexes shared by all sessions (the on-disk cache makes a restart cheap too)."""
+    return {}
+
+
+def get_index(ctx: Context, key: str) -> TokenIndex:
+    store = _store()
+    if key not in store:
+        bar = st.progress(0.0, text="Indexing the gallery's tokens…")
+        store[key] = gallery_index(
+            ctx.extractor, ctx.gallery, runs_dir() / ".cache" / "index",
+            lambda f: bar.progress(f, text=f"Indexing the gallery's tokens… {f:.0%}"),
+        )  # fmt: skip
+        bar.empty()
+        while len(store) > 4:
+            store.pop(next(iter(store)))
+    return store[key]
+
+
+def token_at(click: dict, grid: tuple[int, int]) -> tuple[int, int]:
+    """A click on the shown image -> (row, col) of the token under it."""
+    gh, gw = grid
+    r = min(gh - 1, int(click["y"] / click["height"] * gh))
+    c = min(gw - 1, int(click["x"] / click["width"] * gw))
+    return r, c
+
+
+def render(ctx: Context) -> None:
+    names = ctx.gallery.names
+    name = st.selectbox("Query image", names, key="query_image")
+    opts = st.columns(4)
+    top = opts[0].number_input("Results", 1, 100, 12, key="top")
+    same = opts[1].checkbox("Same pseudo-concept only", key="same_concept",
+                            disabled=not ctx.encoder.has_concepts)  # fmt: skip
+    exclude = opts[2].checkbox("Exclude own image", key="exclude_own")
+    one = opts[3].checkbox("One hit per image", key="one_per_image")
+    index = get_index(ctx, ctx.key(names, "index"))
+    img = ctx.image(name)
+    (f,) = ctx.features([name])
+    token = st.session_state.get("token")
+    left, right = st.columns(2)
+    with left:
+        shown = img
+        if token and token[0] == name:
+            th, tw = img.height / f.grid[0], img.width / f.grid[1]
+            shown = draw_token_box(img, token[1], token[2], th, tw, width=3)
+        click = streamlit_image_coordinates(shown, width=SHOWN_WIDTH, key="token_click")
+        if click and st.session_state.get("last_click") != click:
+            st.session_state["last_click"] = click
+            st.session_state["token"] = (name, *token_at(click, f.grid))
+            st.rerun()
+        st.caption("Click a token.")
+    if not token or token[0] != name:
+        return
+    _, row, col = token
+    n = row * f.grid[1] + col
+    with right:
+        sim = token_similarity(f.tokens, n).reshape(f.grid)
+        st.image(heatmap(img, sim), width=SHOWN_WIDTH,
+                 caption=f"cosine similarity to token ({row}, {col})")  # fmt: skip
+    image_id = names.index(name)
+    hits = index.query_token(image_id, row, col, top=int(top), same_concept=same or None,
+                             exclude_image=exclude or None, one_per_image=one)  # fmt: skip
+    st.session_state["hits"] = [(h.path, h.row, h.col, round(h.score, 4)) for h in hits]
+    st.subheader(f"Top {len(hits)} tokens across {len(names)} images")
+    if not hits:
+        st.info("No token matches these options.")
+    grid = st.columns(6)
+    for i, h in enumerate(hits):
+        hit_img = ctx.image(h.path)
+        gh, gw = index.images[h.image]["grid"]
+        crop = token_crop(hit_img, h.row, h.col, hit_img.height / gh, hit_img.width / gw)
+        grid[i % 6].image(crop, caption=f"{h.path} ({h.row},{h.col}) {h.score:.3f}")

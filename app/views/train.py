@@ -1,0 +1,153 @@
+"""Train: launch ``mcssl train`` as a separate process (one job at a time, state on disk),
+watch it live (progress, losses, log, reconstruction previews), stop it, resume it; its
+export then appears in the checkpoint picker."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+from common import runs_dir
+
+from mcssl.config import CONFIG_DIR, ConfigError, load_config
+from mcssl.distributed import describe_device
+from mcssl.jobs import Job, JobError, Jobs
+
+LOSSES = ("loss", "loss_recon", "loss_concept", "loss_cls")
+
+
+def recipes() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def read_metrics(out: Path) -> list[dict]:
+    """Rows of metrics.jsonl (a line being written is skipped)."""
+    rows = []
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def log_tail(path: Path, n: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    lines = [ln for ln in text.replace("\r", "\n").splitlines() if ln.strip()]  # tqdm uses \r
+    return "\n".join(lines[-n:])
+
+
+def loss_figure(rows: list[dict]) -> go.Figure:
+    fig = go.Figure()
+    steps = [r["step"] for r in rows]
+    for name in LOSSES:
+        if rows and name in rows[-1]:
+            fig.add_scatter(x=steps, y=[r.get(name) for r in rows], name=name, mode="lines")
+    fig.update_layout(height=300, xaxis_title="step", margin={"t": 20, "b": 40})
+    return fig
+
+
+def _form(jobs: Jobs) -> None:
+    with st.form("launch"):
+        recipe = st.selectbox("Recipe", recipes(), index=recipes().index("smoke"), key="recipe")
+        data = st.text_input("Data (folder, file list, samples, synthetic:N; empty = recipe's)",
+                             key="train_data")  # fmt: skip
+        default_out = str(runs_dir() / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = st.text_input("Output folder", key="train_out", placeholder=default_out)
+        text = st.text_area("Overrides (key=value, one per line)", key="overrides",
+                            placeholder="optim.epochs=5\nmodel.num_concepts=1024")  # fmt: skip
+        go_ = st.form_submit_button("Start training", type="primary")
+    if not go_:
+        return
+    overrides = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if data.strip():
+        overrides.append(f"data.path={data.strip()}")
+    try:
+        load_config(recipe, overrides).data  # noqa: B018 (validates before launching)
+        jobs.start(out.strip() or default_out, recipe, overrides)
+    except (ConfigError, JobError) as e:
+        st.error(str(e))
+        return
+    st.rerun()
+
+
+def _status(job: Job) -> None:
+    out = Path(job.out)
+    rows = read_metrics(out)
+    label = {"starting": "⏳", "running": "🏃", "exporting": "📦", "finished": "✅",
+             "stopped": "⏸", "failed": "❌"}.get(job.status, "")  # fmt: skip
+    st.subheader(f"{label} {job.status}: {out.name}")
+    if job.message:
+        (st.error if job.status == "failed" else st.info)(job.message)
+    try:
+        cfg = load_config(str(out / "config.yaml"))
+        total = cfg.optim.epochs
+    except (ConfigError, OSError):
+        cfg, total = None, 0
+    epoch = rows[-1]["epoch"] if rows else 0.0
+    step = rows[-1]["step"] if rows else 0
+    done = job.status == "finished"
+    frac = 1.0 if done else min(1.0, epoch / total) if total else 0.0
+    st.progress(frac, text=f"step {step} · epoch {epoch:.2f} of {total}")
+    cols = st.columns(3)
+    cols[0].metric("loss", f"{rows[-1]['loss']:.4f}" if rows else "-")
+    cols[1].metric("images/s", f"{rows[-1]['images_per_s']:.1f}" if rows else "-")
+    cols[2].metric("device", describe_device(cfg.run.device if cfg else "auto"))
+    if rows:
+        st.plotly_chart(loss_figure(rows), key="losses")
+    previews = sorted((out / "previews").glob("*.png"))
+    if previews:
+        st.image(str(previews[-1]), caption=f"reconstruction preview · {previews[-1].stem}")
+    st.code(log_tail(job.log) or "(no output yet)", language=None)
+    if job.status == "finished" and job.export.exists():
+        st.success(f"Exported {job.export} — pick it under Model on the other pages.")
+    st.caption("Command: " + shlex.join(job.command()[1:]))
+
+
+def render() -> None:
+    jobs = Jobs(runs_dir())
+    job = jobs.current()
+    st.caption(f"Runs folder: {runs_dir()}")
+    if job is not None and job.active:
+        if st.button("Stop (saves a checkpoint)", key="stop"):
+            try:
+                jobs.stop()
+            except JobError as e:
+                st.error(str(e))
+    else:
+        _form(jobs)
+        if (
+            job is not None
+            and job.status in ("stopped", "failed")
+            and (Path(job.out) / "last.pt").exists()
+        ) and st.button(f"Resume {Path(job.out).name}", key="resume"):
+            try:
+                jobs.start(job.out, resume=True)
+                st.rerun()
+            except JobError as e:
+                st.error(str(e))
+    if job is None:
+        st.info("No training job yet.")
+        return
+    st.fragment(_live, run_every=2.0 if job.active else None)(jobs, job.active)
+
+
+def _live(jobs: Jobs, was_active: bool) -> None:
+    """Re-read from disk on every tick; a job that has just ended refreshes the whole page."""
+    job = jobs.current()
+    if job is None:
+        return
+    _status(job)
+    if was_active and not job.active:
+        st.rerun(scope="app")

@@ -1,0 +1,126 @@
+"""In-memory image sets for the app: the demo photos, a folder, or uploaded files; plus the
+per-gallery token index kept on disk per (checkpoint, gallery, settings)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from mcssl.explore.features import FeatureExtractor, image_digest
+from mcssl.explore.index import TokenIndex, TokenIndexError
+from mcssl.explore.pipeline import MIN_SIDE, open_image
+from mcssl.images import DEFAULT_MAX_PIXELS, ImageError, find_images, sample_photos, to_rgb
+
+MAX_FOLDER_IMAGES = 500  # a gallery is for looking at; index bigger sets with `mcssl index`
+
+
+@dataclass
+class Gallery:
+    names: list[str]
+    images: list[Image.Image]
+    errors: list[str] = field(default_factory=list)  # one line per file that was skipped
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.blake2b(digest_size=12)
+        for name, img in zip(self.names, self.images, strict=True):
+            h.update(name.encode())
+            h.update(image_digest(img).encode())
+        return h.hexdigest()
+
+    @classmethod
+    def demo(cls) -> Gallery:
+        """The photos shipped with scikit-image and scikit-learn (no network)."""
+        photos = sample_photos()
+        return cls(list(photos), list(photos.values()), source="demo photos")
+
+    @classmethod
+    def from_folder(cls, path: str | Path, limit: int = MAX_FOLDER_IMAGES) -> Gallery:
+        try:
+            files = find_images(path)
+        except FileNotFoundError as e:
+            raise ImageError(str(e)) from None
+        if not files:
+            raise ImageError(f"no images found under {path}")
+        names, images, errors = [], [], []
+        for f in files[:limit]:
+            try:
+                images.append(open_image(f))
+                names.append(str(Path(f).relative_to(path)) if Path(path).is_dir() else f.name)
+            except ImageError as e:
+                errors.append(str(e))
+        if len(files) > limit:
+            errors.append(f"{path}: only the first {limit} of {len(files)} images are shown")
+        return cls(names, images, errors, source=str(path))
+
+    @classmethod
+    def from_uploads(
+        cls, files: list[tuple[str, bytes]], max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> Gallery:
+        """(file name, bytes) pairs; unreadable ones become errors, never exceptions."""
+        names, images, errors = [], [], []
+        for name, data in files:
+            try:
+                images.append(_decode(name, data, max_pixels))
+                names.append(name)
+            except ImageError as e:
+                errors.append(str(e))
+        return cls(names, images, errors, source="uploads")
+
+
+def _decode(name: str, data: bytes, max_pixels: int) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > max_pixels:
+                raise ImageError(f"{name}: {im.width}x{im.height} pixels is too large")
+            im.load()
+            img = to_rgb(im)
+    except ImageError:
+        raise
+    except Exception as e:  # PIL raises many types for bad files
+        raise ImageError(f"{name}: not a readable image ({type(e).__name__})") from None
+    if min(img.size) < MIN_SIDE:
+        raise ImageError(f"{name}: {img.width}x{img.height} pixels is too small")
+    return img
+
+
+def gallery_index(
+    extractor: FeatureExtractor,
+    gallery: Gallery,
+    cache_dir: Path | None,
+    progress: Callable[[float], None] | None = None,
+) -> TokenIndex:
+    """The exact token index of a gallery, loaded from ``cache_dir`` when it was built before
+    for the same checkpoint, images and settings (names are the gallery's names)."""
+    key = hashlib.blake2b(
+        f"{extractor.encoder.digest}|{gallery.digest}|{extractor.settings}".encode(), digest_size=12
+    ).hexdigest()
+    folder = cache_dir / key if cache_dir is not None else None
+    if folder is not None and (folder / "images.json").exists():
+        try:
+            return TokenIndex.load(folder)
+        except TokenIndexError:
+            pass  # a damaged cache is rebuilt
+    index: TokenIndex | None = None
+    step = extractor.settings.batch_size
+    for i in range(0, len(gallery), step):
+        feats = extractor(gallery.images[i : i + step])
+        for name, f in zip(gallery.names[i : i + step], feats, strict=True):
+            index = index or TokenIndex(f.tokens.shape[1], kind="flat")
+            index.add_image(f.tokens, f.grid, name, f.argmax)
+        if progress is not None:
+            progress(min(1.0, (i + step) / len(gallery)))
+    if index is None:
+        raise ImageError("the gallery is empty")
+    if folder is not None:
+        index.save(folder)
+    return index
