@@ -14,8 +14,6 @@ from streamlit_image_coordinates import streamlit_image_coordinates
 from mcssl.explore.concepts import cluster_mean_probs, top_concepts, upsample_labels
 from mcssl.explore.render import PALETTE, id_colours, overlay
 
-SHOWN_WIDTH = 320  # pixels; clicks are mapped back through this width
-
 
 def clicked_cluster(grid: np.ndarray, click: dict | None) -> int | None:
     """The cluster under a click on the shown overlay (``click`` from image coordinates)."""
@@ -63,7 +61,7 @@ def render(ctx: Context) -> None:
         with col:
             full = upsample_labels(grid, (img.height, img.width), ctx.smooth)
             shown = overlay(img, full, ctx.alpha)
-            click = streamlit_image_coordinates(shown, width=SHOWN_WIDTH, key=f"cc_{name}")
+            click = streamlit_image_coordinates(shown, width="stretch", key=f"cc_{name}")
             picked = clicked_cluster(grid, click)
             key = f"cluster_{name}"
             if st.session_state.get(key, 0) >= k:  # k went down: the old choice is gone
@@ -77,7 +75,7 @@ def render(ctx: Context) -> None:
             rows.append((f"{name} · cluster {c}", mean))
             amap = Image.fromarray(id_colours(f.argmax.reshape(f.grid)))
             used = len(set(f.argmax))
-            st.image(amap.resize(img.size, Image.Resampling.NEAREST), width=SHOWN_WIDTH,
+            st.image(amap.resize(img.size, Image.Resampling.NEAREST), width="stretch",
                      caption=f"argmax pseudo-concept per token ({used} in use)")  # fmt: skip
     st.subheader("Mean pseudo-concept probabilities of the chosen clusters")
     st.plotly_chart(bars(rows, top_n), key="concept_bars")

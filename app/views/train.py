@@ -85,9 +85,7 @@ def _form(jobs: Jobs) -> None:
 def _status(job: Job) -> None:
     out = Path(job.out)
     rows = read_metrics(out)
-    label = {"starting": "⏳", "running": "🏃", "exporting": "📦", "finished": "✅",
-             "stopped": "⏸", "failed": "❌"}.get(job.status, "")  # fmt: skip
-    st.subheader(f"{label} {job.status}: {out.name}")
+    st.subheader(f"{job.status}: {out.name}")
     if job.message:
         (st.error if job.status == "failed" else st.info)(job.message)
     try:

@@ -1,0 +1,147 @@
+"""End to end in a real browser: the README's app command (`make app`), Debian chromium
+driven by playwright. Upload -> overlays for k = 2..4 -> click a token -> retrieval results
+-> train a smoke run from the sidebar -> its export appears in the checkpoint picker.
+Screenshots of each page go to build/screenshots/ (docs/img/ holds copies)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "build" / "screenshots"
+COORDS_FRAME = 'iframe[title="streamlit_image_coordinates.streamlit_image_coordinates"]'
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not become healthy in {timeout}s")
+
+
+@pytest.fixture
+def server(smoke_export: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    port = _free_port()
+    runs = tmp_path / "runs"
+    env = os.environ | {"MCSSL_DEFAULT_CHECKPOINT": str(smoke_export), "MCSSL_RUNS": str(runs)}
+    log = open(tmp_path / "app.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        ["make", "-s", "app", f"PORT={port}"], cwd=ROOT, env=env, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc)
+        yield f"http://127.0.0.1:{port}", runs
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian chromium is required (.ci/run installs it with apt-get)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(120_000)
+        yield pg
+        browser.close()
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(500)  # let the last images paint
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def _go(page, name: str) -> None:
+    page.locator('[data-testid="stSidebar"]').get_by_text(name, exact=True).click()
+    page.get_by_role("heading", name=f"mcssl · {name}").wait_for()
+
+
+def _idle(page) -> None:
+    """Waits until Streamlit has finished the current run."""
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached")
+
+
+def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) -> None:
+    url, runs = server
+    page.goto(url)
+    page.get_by_role("heading", name="mcssl · Explore").wait_for()
+    page.get_by_text("k=4").first.wait_for()
+    _idle(page)
+    _shot(page, "explore")
+
+    img = tmp_path / "mine.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (96, 128, 3), np.uint8)).save(img)
+    page.locator('[data-testid="stSidebar"]').get_by_text("Upload", exact=True).click()
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(img))
+    page.get_by_text("mine.png").last.wait_for()
+    for k in (2, 3, 4):
+        page.get_by_text(f"k={k}", exact=True).first.wait_for()
+    _idle(page)
+    assert page.get_by_text("k=2", exact=True).count() == 1  # one uploaded image, one row
+    _shot(page, "upload")
+
+    page.locator('[data-testid="stSidebar"]').get_by_text("Demo photos", exact=True).click()
+    _idle(page)
+    _go(page, "Concepts")
+    page.get_by_text("Mean pseudo-concept probabilities").wait_for()
+    _idle(page)
+    _shot(page, "concepts")
+
+    _go(page, "Retrieve")
+    page.get_by_text("Click a token.").wait_for()
+    _idle(page)
+    frame = page.frame_locator(COORDS_FRAME).first  # the only one on this page
+    frame.locator("img").wait_for()
+    frame.locator("img").click(position={"x": 200, "y": 150})
+    page.get_by_text("Top 12 tokens across 9 images").wait_for()
+    page.get_by_text("cosine similarity to token").wait_for()
+    _idle(page)
+    _shot(page, "retrieve")
+
+    _go(page, "Train")
+    out = runs / "browser-smoke"
+    page.get_by_label("Output folder").fill(str(out))
+    page.get_by_label("Overrides (key=value, one per line)").fill("optim.epochs=1")
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("finished: browser-smoke").wait_for(timeout=240_000)
+    page.get_by_text(f"Exported {out / 'teacher.safetensors'}").wait_for()
+    _shot(page, "train")
+    assert (out / "teacher.safetensors").exists()
+
+    _go(page, "Explore")
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option", name=str(out / "teacher.safetensors")).wait_for()
