@@ -25,8 +25,10 @@ from mcssl.images import IMAGE_EXTENSIONS, ImageError, load_rgb
 from mcssl.metrics import ari, matched_miou, nmi, patch_labels
 from mcssl.scenes import SceneSpec, make_scenes
 
-# features for a list of images: one (tokens (N, D), grid (h, w)) per image
-Featuriser = Callable[[list[Image.Image]], list[tuple[np.ndarray, tuple[int, int]]]]
+# features for a list of images: per image tokens (N, D), grid (h, w) and the argmax
+# pseudo-concept per token (N,) when the method has a patch-concept head, else None
+Feats = tuple[np.ndarray, tuple[int, int], np.ndarray | None]
+Featuriser = Callable[[list[Image.Image]], list[Feats]]
 
 
 class BenchmarkError(ValueError):
@@ -95,7 +97,7 @@ def encoder_features(enc: Encoder, resolution: int, layer: int = -1) -> Featuris
     ex = FeatureExtractor(
         enc, Settings(resolution=resolution, max_side=4 * resolution, layer=layer)
     )
-    return lambda images: [(f.tokens, f.grid) for f in ex(images)]
+    return lambda images: [(f.tokens, f.grid, f.argmax) for f in ex(images)]
 
 
 def random_like(enc: Encoder, seed: int = 0) -> Encoder:
@@ -113,14 +115,14 @@ def random_like(enc: Encoder, seed: int = 0) -> Encoder:
 def pixel_features(patch: int, resolution: int) -> Featuriser:
     """Raw normalised pixels of each patch, flattened: (N, 3 * patch * patch)."""
 
-    def run(images: list[Image.Image]) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    def run(images: list[Image.Image]) -> list[Feats]:
         out = []
         for im in images:
             size = model_size(*im.size, patch, resolution, 4 * resolution)
             x = to_tensor(im, size)  # (3, H, W)
             h, w = size[1] // patch, size[0] // patch
             t = x.reshape(3, h, patch, w, patch).permute(1, 3, 0, 2, 4).reshape(h * w, -1)
-            out.append((t.numpy(), (h, w)))
+            out.append((t.numpy(), (h, w), None))
         return out
 
     return run
@@ -137,15 +139,11 @@ def truth_at(mask: np.ndarray, grid: tuple[int, int], patch: int) -> np.ndarray:
     return patch_labels(np.asarray(m), patch)
 
 
-def score(
-    feats: list[tuple[np.ndarray, tuple[int, int]]],
-    data: list[Labelled],
-    patch: int,
-    seed: int = 0,
-) -> dict[str, float]:
-    """-> mean and std of per-image ARI and mIoU, co-clustering NMI, image count."""
+def score(feats: list[Feats], data: list[Labelled], patch: int, seed: int = 0) -> dict[str, float]:
+    """-> mean and std of per-image ARI and mIoU, co-clustering NMI, image count, and (for a
+    checkpoint with a concept head) the NMI of the argmax pseudo-concepts with the classes."""
     aris, mious, tokens, truths = [], [], [], []
-    for (t, grid), item in zip(feats, data, strict=True):
+    for (t, grid, _), item in zip(feats, data, strict=True):
         truth = truth_at(item.mask, grid, patch).ravel()
         tokens.append(t)
         truths.append(truth)
@@ -159,7 +157,10 @@ def score(
         raise BenchmarkError("no image has two or more ground-truth concepts at patch level")
     n_classes = len(np.unique(np.concatenate(truths)))
     co = np.concatenate(cocluster(tokens, n_classes, seed))
+    argmax = [f[2] for f in feats]
+    concept_nmi = None if argmax[0] is None else nmi(np.concatenate(truths), np.concatenate(argmax))
     return {
+        "nmi_concepts": concept_nmi,
         "ari": float(np.mean(aris)),
         "ari_std": float(np.std(aris)),
         "miou": float(np.mean(mious)),
@@ -204,16 +205,21 @@ def evaluate(
     summary = {}
     for name, rows in per_seed.items():
         summary[name] = {"images_per_seed": rows[0]["images"]}
-        for m in ("ari", "miou", "nmi"):
+        metrics = ("ari", "miou", "nmi") + (("nmi_concepts",) if rows[0]["nmi_concepts"] is not None else ()))
+        for m in metrics:
             summary[name][m] = float(np.mean([r[m] for r in rows]))
             summary[name][f"{m}_sd_seeds"] = float(np.std([r[m] for r in rows]))
     return {"data": data_spec, "seeds": seeds, "methods": summary, "per_seed": per_seed}
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{'method':<12} {'ARI':>15} {'mIoU':>15} {'NMI (co-cl.)':>15}"]
+    head = ("ARI", "mIoU", "NMI co-cluster", "NMI argmax")
+    lines = [f"{'method':<12} " + " ".join(f"{h:>15}" for h in head)]
     for name, m in result["methods"].items():
-        cells = [f"{m[k]:.3f} ± {m[k + '_sd_seeds']:.3f}" for k in ("ari", "miou", "nmi")]
+        cells = [
+            f"{m[k]:.3f} ± {m[k + '_sd_seeds']:.3f}" if k in m else "-"
+            for k in ("ari", "miou", "nmi", "nmi_concepts")
+        ]
         lines.append(f"{name:<12} " + " ".join(f"{c:>15}" for c in cells))
     n, s = result["methods"]["checkpoint"]["images_per_seed"], len(result["seeds"])
     lines.append(f"{n} images x {s} seeds ({result['data']}); ± = std over seeds")
