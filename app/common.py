@@ -69,9 +69,12 @@ def labels(
 
 # ---- sidebar ------------------------------------------------------------------------------
 def checkpoint_choices() -> list[str]:
-    """default, everything under checkpoints/, exports and run folders under the runs folder."""
+    """default, everything under checkpoints/ (and $MCSSL_CHECKPOINTS), exports and run
+    folders under the runs folder."""
     found = ["default"]
-    found += [str(p) for p in sorted((ROOT / "checkpoints").glob("*.safetensors"))]
+    for folder in (ROOT / "checkpoints", os.environ.get("MCSSL_CHECKPOINTS")):
+        if folder:
+            found += [str(p) for p in sorted(Path(folder).glob("*.safetensors"))]
     runs = runs_dir()
     if runs.is_dir():
         found += [str(p) for p in sorted(runs.glob("*/teacher.safetensors"))]

@@ -147,6 +147,14 @@ def _eval_concepts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from mcssl.doctor import format_report, report
+
+    checks = report()
+    print(format_report(checks))
+    return 1 if any(not c.ok and c.essential for c in checks) else 0
+
+
 def _add_model_options(p: argparse.ArgumentParser, checkpoint_default: str | None) -> None:
     p.add_argument(
         "--checkpoint",
@@ -232,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--no-baselines", action="store_true", help="skip pixels and random ViT")
     ec.add_argument("--out", help="write the results as JSON here")
     ec.set_defaults(fn=_eval_concepts)
+
+    d = sub.add_parser("doctor", help="versions, devices, bundled checkpoint, runs folder")
+    d.set_defaults(fn=_doctor)
     return p
 
 

@@ -205,7 +205,8 @@ def evaluate(
     summary = {}
     for name, rows in per_seed.items():
         summary[name] = {"images_per_seed": rows[0]["images"]}
-        metrics = ("ari", "miou", "nmi") + (("nmi_concepts",) if rows[0]["nmi_concepts"] is not None else ()))
+        has_head = rows[0]["nmi_concepts"] is not None
+        metrics = ("ari", "miou", "nmi") + (("nmi_concepts",) if has_head else ())
         for m in metrics:
             summary[name][m] = float(np.mean([r[m] for r in rows]))
             summary[name][f"{m}_sd_seeds"] = float(np.std([r[m] for r in rows]))
