@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install app test test-all test-gpu lint format bench
+.PHONY: install app docs test test-all test-gpu lint format bench
 PORT ?= 8501
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -26,6 +26,10 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix mcssl app tests benchmarks
 	$(VENV)/bin/ruff format mcssl app tests benchmarks
+
+# regenerate the generated docs (a test checks they are current)
+docs: install
+	$(PY) -c "from mcssl.cli import reference; print(reference(), end='')" > docs/CLI.md
 
 test: lint
 	$(PY) -m pytest -m "not slow and not gpu" -q

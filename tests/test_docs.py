@@ -39,3 +39,9 @@ def test_every_config_field_is_documented_with_its_default() -> None:
     for key, value in code.items():
         assert json.dumps(docs[key][0]) == json.dumps(value), f"{key}: docs say {docs[key][0]!r}"
         assert len(docs[key][1]) > 10, f"{key}: no description"
+
+
+def test_cli_reference_is_current() -> None:
+    from mcssl.cli import reference
+
+    assert (DOCS / "CLI.md").read_text() == reference(), "run `make docs`"
