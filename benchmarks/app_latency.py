@@ -1,0 +1,171 @@
+"""App latency in a real browser (Debian chromium via playwright) against the engine alone.
+
+    python benchmarks/app_latency.py [--checkpoint vits16|default] [--reps 3]
+
+Starts the README's app command (`make app`) on the demo gallery and measures: first paint of
+Explore (cold: model load + features; warm: after a reload), adding a k (new k-means
+overlays for 6 images), and clicking a token on Retrieve (heat-map + top-12 across the
+gallery, index already built). Baseline, same machine and run: the same computations called
+in-process without Streamlit or the browser. `vits16` is a randomly initialised ViT-S/16 with
+the paper's concept head (K = 8192): the cost does not depend on what the model learnt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from test_app_browser import COORDS_FRAME, _free_port, _wait_healthy  # noqa: E402
+
+from mcssl.checkpoint import EXPORT_FORMAT  # noqa: E402
+from mcssl.config import load_config  # noqa: E402
+from mcssl.explore.concepts import token_similarity  # noqa: E402
+from mcssl.explore.encoder import load_encoder  # noqa: E402
+from mcssl.explore.features import FeatureExtractor, Settings  # noqa: E402
+from mcssl.explore.gallery import Gallery, gallery_index  # noqa: E402
+from mcssl.explore.pipeline import label_features  # noqa: E402
+
+
+def vits16_export(path: Path) -> Path:
+    from mcssl.models import Student
+
+    cfg = load_config("paper_vits16")
+    s = Student(cfg.model).eval()
+    tensors = {f"backbone.{k}": v for k, v in s.backbone.state_dict().items()}
+    tensors |= {f"head.{k}": v for k, v in s.concept_head.state_dict().items()}
+    tensors["center"] = torch.zeros(cfg.model.num_concepts)
+    meta = {"format": EXPORT_FORMAT, "config": json.dumps(cfg.to_dict()), "teacher_temp": "0.04"}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
+    return path
+
+
+def engine_baseline(ckpt: str, reps: int) -> dict[str, float]:
+    """The same work without the app: features (cached), k-means for k=5, a token query."""
+    gallery = Gallery.demo()
+    ex = FeatureExtractor(load_encoder(ckpt), Settings(resolution=224))
+    t = time.perf_counter()
+    ex(gallery.images[:6])
+    cold = time.perf_counter() - t
+    index = gallery_index(ex, gallery, None)
+    k_times, q_times = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        label_features(ex(gallery.images[:6]), (2, 3, 4, 5))
+        k_times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        (f,) = ex([gallery.images[0]])
+        token_similarity(f.tokens, 10)
+        index.query_token(0, 0, 10, top=12)
+        q_times.append(time.perf_counter() - t)
+    return {
+        "features_6_images_s": cold,
+        "add_k_s": statistics.median(k_times),
+        "token_query_s": statistics.median(q_times),
+    }
+
+
+def _idle(page) -> None:
+    page.wait_for_timeout(100)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached")
+
+
+def browser_times(url: str, reps: int, grid: int) -> dict[str, float]:
+    """``grid``: tokens per side of the (square) first demo photo."""
+    from playwright.sync_api import sync_playwright
+
+    out: dict[str, float] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(600_000)
+        for name in ("first_paint_cold_s", "first_paint_warm_s"):
+            t = time.perf_counter()
+            page.goto(url)
+            page.get_by_text("k=4", exact=True).nth(5).wait_for()
+            _idle(page)
+            out[name] = time.perf_counter() - t
+        adds = []
+        for k in (5, 6, 8)[:reps]:
+            t = time.perf_counter()
+            page.locator(
+                '[data-testid="stSidebar"] [data-testid="stMultiSelect"] input'
+            ).first.click()
+            page.get_by_role("option", name=str(k), exact=True).click()
+            page.get_by_text(f"k={k}", exact=True).nth(5).wait_for()
+            _idle(page)
+            adds.append(time.perf_counter() - t)
+        out["add_k_s"] = statistics.median(adds)
+        page.keyboard.press("Escape")
+        t = time.perf_counter()
+        page.locator('[data-testid="stSidebar"]').get_by_text("Retrieve", exact=True).click()
+        page.get_by_text("Click a token.").wait_for()
+        _idle(page)
+        out["retrieve_page_with_index_build_s"] = time.perf_counter() - t
+        clicks = []
+        img = page.frame_locator(COORDS_FRAME).first.locator("img")
+        for i in range(reps + 1):
+            img.wait_for()
+            t = time.perf_counter()
+            x, y = 60 + 90 * i, 120 + 40 * i
+            img.click(position={"x": x, "y": y})
+            r, c = int(y / 448 * grid), int(x / 448 * grid)  # the app shows it 448 px wide
+            page.get_by_text(f"cosine similarity to token ({r}, {c})").wait_for()
+            page.get_by_text("Top 12 tokens").wait_for()
+            _idle(page)
+            if i:  # the first click also warms the page's image caches
+                clicks.append(time.perf_counter() - t)
+        out["token_click_s"] = statistics.median(clicks)
+        browser.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", default="vits16", help="vits16 (random ViT-S/16) or a path")
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    ckpt = (
+        str(vits16_export(tmp / "vits16.safetensors"))
+        if args.checkpoint == "vits16"
+        else (args.checkpoint)
+    )
+    port = _free_port()
+    env = os.environ | {"MCSSL_DEFAULT_CHECKPOINT": ckpt, "MCSSL_RUNS": str(tmp / "runs")}
+    proc = subprocess.Popen(["make", "-s", "app", f"PORT={port}"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc)
+        grid = 224 // load_encoder(ckpt).patch_size
+        app = browser_times(f"http://127.0.0.1:{port}", args.reps, grid)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+    base = engine_baseline(ckpt, args.reps)
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "torch_threads": torch.get_num_threads(),
+        "checkpoint": args.checkpoint,
+        "app_in_browser": {k: round(v, 3) for k, v in app.items()},
+        "engine_baseline": {k: round(v, 3) for k, v in base.items()},
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
