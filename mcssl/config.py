@@ -103,6 +103,8 @@ class RunConfig:
     save_every: int = 500  # steps; last.pt is also written at every epoch end
     keep_every_epochs: int = 0  # also keep checkpoint-EPOCH.pt every N epochs; 0 = never
     preview_every: int = 500  # steps; 0 = never
+    monitor_every: int = 500  # steps between online concept scores (rank 0); 0 = never
+    monitor_scenes: int = 16  # generated scenes the concept score is measured on
 
 
 @dataclass

@@ -24,7 +24,7 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mcssl import distributed
+from mcssl import distributed, monitor
 from mcssl.checkpoint import atomic_save, load_training_state
 from mcssl.config import Config, ConfigError, config_from_dict, save_config
 from mcssl.data import build_data, denormalise
@@ -156,6 +156,9 @@ class Trainer:
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
         self.skipped_images = 0
         self.stop_requested = False
+        self.health: dict[str, float] = {}  # collapse signals of the last logging step
+        self.prev_center: torch.Tensor | None = None
+        self.collapsed: str | None = None
 
     def _prepare_run_dir(self, resume: bool) -> None:
         """Rank 0 checks the folder; every rank learns the outcome (no rank left waiting)."""
@@ -306,9 +309,40 @@ class Trainer:
         if self.cls_loss is not None:
             self.cls_loss.update_center(t["cls_logits"])
         self.nonfinite |= ~torch.isfinite(loss.detach())
+        if (i + 1) % cfg.run.log_every == 0 or i + 1 == self.total_steps:
+            self._measure_health(s, t, x, mask, tt)
         self.step += 1
         self._last = (x, corrupted, s["recon"])
         return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+
+    def _measure_health(self, s: dict, t: dict, x: torch.Tensor, mask: torch.Tensor, tt: float):
+        """Collapse signals at logging steps (a few softmaxes; see mcssl.monitor)."""
+        p_t = self.patch_loss.teacher_probs(t["patch_logits"], tt)
+        center = self.patch_loss.center.detach().float()
+        drift = 0.0 if self.prev_center is None else float((center - self.prev_center).norm())
+        self.prev_center = center.clone()
+        self.health = {
+            **monitor.concept_health(p_t, s["patch_logits"].detach()),
+            **monitor.recon_split(s["recon"].detach(), x, mask),
+            "center_norm": float(center.norm()),
+            "center_drift": drift,
+        }
+
+    @torch.no_grad()
+    def concept_score(self) -> dict[str, float]:
+        """Label-free quality: concept-discovery ARI / mIoU / NMI of the current teacher on a
+        fixed set of generated scenes (mcssl eval concepts, without baselines)."""
+        from mcssl.evaluation.concepts import encoder_features, score, synthetic
+        from mcssl.explore.encoder import Encoder
+
+        if not hasattr(self, "_scenes"):
+            self._scenes = synthetic(self.cfg.run.monitor_scenes, seed=12345)
+        enc = Encoder(self.teacher.backbone, None, None, 0.0, {}, f"step{self.step}")
+        feats = encoder_features(enc, min(self._scenes[0].image.size))(
+            [d.image for d in self._scenes]
+        )
+        got = score(feats, self._scenes, self.cfg.model.patch_size)
+        return {"concept_ari": got["ari"], "concept_miou": got["miou"], "concept_nmi": got["nmi"]}
 
     # ---- outputs -----------------------------------------------------------------------
     def write_metrics(self, sums: dict[str, torch.Tensor], n: int, wall: float, wait: float):
@@ -328,7 +362,16 @@ class Trainer:
             "data_wait_frac": wait / max(wall, 1e-9),
             "skipped_images": self.skipped_images,
             "time": time.time(),
+            **self.health,
         }
+        every = self.cfg.run.monitor_every
+        if every and (self.step % every == 0 or self.step == self.total_steps):
+            row.update(self.concept_score())
+        kind = monitor.collapse(row)
+        row["collapse"] = kind
+        if kind and kind != self.collapsed:  # say it once per episode, not every log line
+            log.warning("step %d: %s", self.step, monitor.warning(kind))
+        self.collapsed = kind
         if self.dist.device.type == "cuda":
             row["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         with open(self.out / "metrics.jsonl", "a") as f:

@@ -176,3 +176,25 @@ def test_train_page_launches_watches_and_exports(app: AppTest, tmp_path: Path) -
     assert any("Exported" in s.value for s in app.success)
     app.sidebar.radio(key="page").set_value("Explore").run()
     assert str(out / "teacher.safetensors") in app.sidebar.selectbox(key="checkpoint").options
+
+
+def test_train_page_shows_a_collapse_banner_and_health_curves(app: AppTest, tmp_path: Path) -> None:
+    import json
+
+    from mcssl.jobs import Job, Jobs
+
+    out = tmp_path / "runs" / "collapsed"
+    out.mkdir(parents=True)
+    rows = [
+        {"step": s, "epoch": s / 10, "loss": 4.0, "images_per_s": 10.0, "concepts_in_use": 1.0,
+         "collapse": "dominant", "concept_ari": 0.1, "concept_miou": 0.3}
+        for s in (10, 20)
+    ]  # fmt: skip
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    Jobs(tmp_path / "runs")._write(Job(str(out), "smoke", status="finished", started=time.time()))
+    app.sidebar.radio(key="page").set_value("Train").run()
+    assert not app.exception
+    assert any(
+        "collapsed (dominant)" in w.value and "center_momentum" in w.value for w in app.warning
+    )
+    assert len(app.get("plotly_chart")) == 3  # losses, pseudo-concepts in use, concept score

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from common import runs_dir
 
+from mcssl import monitor
 from mcssl.config import CONFIG_DIR, ConfigError, load_config
 from mcssl.distributed import describe_device
 from mcssl.jobs import Job, JobError, Jobs
@@ -48,14 +49,19 @@ def log_tail(path: Path, n: int = 15) -> str:
     return "\n".join(lines[-n:])
 
 
-def loss_figure(rows: list[dict]) -> go.Figure:
+def series(rows: list[dict], names: tuple[str, ...], title: str = "") -> go.Figure:
+    """Lines of metrics.jsonl fields against the step."""
     fig = go.Figure()
     steps = [r["step"] for r in rows]
-    for name in LOSSES:
+    for name in names:
         if rows and name in rows[-1]:
             fig.add_scatter(x=steps, y=[r.get(name) for r in rows], name=name, mode="lines")
-    fig.update_layout(height=300, xaxis_title="step", margin={"t": 20, "b": 40})
+    fig.update_layout(height=300, xaxis_title="step", title=title, margin={"t": 30, "b": 40})
     return fig
+
+
+def loss_figure(rows: list[dict]) -> go.Figure:
+    return series(rows, LOSSES)
 
 
 def _form(jobs: Jobs) -> None:
@@ -102,8 +108,19 @@ def _status(job: Job) -> None:
     cols[0].metric("loss", f"{rows[-1]['loss']:.4f}" if rows else "-")
     cols[1].metric("images/s", f"{rows[-1]['images_per_s']:.1f}" if rows else "-")
     cols[2].metric("device", describe_device(cfg.run.device if cfg else "auto"))
+    if rows and rows[-1].get("collapse"):
+        st.warning(monitor.warning(rows[-1]["collapse"]))
     if rows:
         st.plotly_chart(loss_figure(rows), key="losses")
+        health = [r for r in rows if "concepts_in_use" in r]
+        scores = [r for r in rows if "concept_ari" in r]
+        left, right = st.columns(2)
+        if health:
+            left.plotly_chart(series(health, ("concepts_in_use",), "pseudo-concepts in use"),
+                              key="health")  # fmt: skip
+        if scores:
+            right.plotly_chart(series(scores, ("concept_ari", "concept_miou"), "concept score"),
+                               key="scores")  # fmt: skip
     previews = sorted((out / "previews").glob("*.png"))
     if previews:
         st.image(str(previews[-1]), caption=f"reconstruction preview · {previews[-1].stem}")
