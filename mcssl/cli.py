@@ -147,6 +147,26 @@ def _eval_concepts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_knn(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from mcssl.evaluation.knn import ImageFolder, knn_eval
+    from mcssl.explore.encoder import load_encoder
+
+    enc = load_encoder(args.checkpoint, args.device)
+    train, val = ImageFolder.read(args.train), ImageFolder.read(args.val)
+    res = args.resolution or int(enc.info.get("img_size", 224))
+    result = knn_eval(enc, train, val, res, args.k) | {"checkpoint": args.checkpoint, "k": args.k}
+    print(
+        f"kNN (k={args.k}) top-1 {result['knn_top1']:.4f} top-5 {result['knn_top5']:.4f} "
+        f"({result['train_images']} train / {result['test_images']} val images)"
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from mcssl.doctor import format_report, report
 
@@ -240,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--no-baselines", action="store_true", help="skip pixels and random ViT")
     ec.add_argument("--out", help="write the results as JSON here")
     ec.set_defaults(fn=_eval_concepts)
+    ek = evs.add_parser("knn", help="weighted kNN on mean data-token features (ImageFolders)")
+    _add_model_options(ek, "default")
+    ek.set_defaults(resolution=None)  # None = the checkpoint's training size
+    ek.add_argument("--train", required=True, help="ImageFolder: one sub-folder per class")
+    ek.add_argument("--val", required=True, help="ImageFolder with the same classes")
+    ek.add_argument("--k", type=int, default=20, help="neighbours")
+    ek.add_argument("--out", help="write the results as JSON here")
+    ek.set_defaults(fn=_eval_knn)
 
     d = sub.add_parser("doctor", help="versions, devices, bundled checkpoint, runs folder")
     d.set_defaults(fn=_doctor)
@@ -277,6 +305,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from mcssl.config import ConfigError
     from mcssl.data import DataError
     from mcssl.evaluation.concepts import BenchmarkError
+    from mcssl.evaluation.knn import LabelledDataError
     from mcssl.explore.encoder import EncoderError
     from mcssl.explore.index import TokenIndexError
     from mcssl.images import ImageError
@@ -291,6 +320,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         EncoderError,
         TokenIndexError,
         BenchmarkError,
+        LabelledDataError,
     )
 
 

@@ -105,6 +105,8 @@ class RunConfig:
     preview_every: int = 500  # steps; 0 = never
     monitor_every: int = 500  # steps between online concept scores (rank 0); 0 = never
     monitor_scenes: int = 16  # generated scenes the concept score is measured on
+    knn_train: str = ""  # labelled ImageFolder for the online kNN monitor ("" = off)
+    knn_val: str = ""  # its held-out twin (same class folders)
 
 
 @dataclass
@@ -225,6 +227,8 @@ def validate(cfg: Config) -> None:
             "data.path is empty: give an image folder, a file list or 'samples' "
             "(e.g. data.path=/data/images)"
         )
+    if bool(cfg.run.knn_train) != bool(cfg.run.knn_val):
+        raise ConfigError("the kNN monitor needs both run.knn_train and run.knn_val")
 
 
 def resolve_recipe(name_or_path: str) -> Path:

@@ -344,6 +344,19 @@ class Trainer:
         got = score(feats, self._scenes, self.cfg.model.patch_size)
         return {"concept_ari": got["ari"], "concept_miou": got["miou"], "concept_nmi": got["nmi"]}
 
+    @torch.no_grad()
+    def knn_score(self) -> dict[str, float]:
+        """Online kNN top-1 / top-5 of the current teacher on the user's labelled folders."""
+        from mcssl.evaluation.knn import ImageFolder, knn_eval
+        from mcssl.explore.encoder import Encoder
+
+        if not hasattr(self, "_knn_sets"):
+            rc = self.cfg.run
+            self._knn_sets = (ImageFolder.read(rc.knn_train), ImageFolder.read(rc.knn_val))
+        enc = Encoder(self.teacher.backbone, None, None, 0.0, {}, f"step{self.step}")
+        got = knn_eval(enc, *self._knn_sets, resolution=self.cfg.model.img_size)
+        return {"knn_top1": got["knn_top1"], "knn_top5": got["knn_top5"]}
+
     # ---- outputs -----------------------------------------------------------------------
     def write_metrics(self, sums: dict[str, torch.Tensor], n: int, wall: float, wait: float):
         self.check_finite()
@@ -367,6 +380,8 @@ class Trainer:
         every = self.cfg.run.monitor_every
         if every and (self.step % every == 0 or self.step == self.total_steps):
             row.update(self.concept_score())
+            if self.cfg.run.knn_train:
+                row.update(self.knn_score())
         kind = monitor.collapse(row)
         row["collapse"] = kind
         if kind and kind != self.collapsed:  # say it once per episode, not every log line
