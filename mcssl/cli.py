@@ -167,6 +167,54 @@ def _eval_knn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_finetune(args: argparse.Namespace) -> int:
+    from mcssl.evaluation.concepts import random_like
+    from mcssl.evaluation.datasets import read
+    from mcssl.evaluation.finetune import FinetuneConfig, finetune
+    from mcssl.explore.encoder import load_encoder
+
+    enc = load_encoder(args.checkpoint)
+    if args.random_init:  # the same architecture, untrained: the baseline
+        enc = random_like(enc, args.seed)
+    train, val = read(args.format, args.train, args.val, args.images)
+    cfg = FinetuneConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, img_size=args.img_size,
+        frozen=args.eval_command == "linear", randaugment=args.randaugment,
+        label_smoothing=args.label_smoothing, gamma_neg=args.gamma_neg, workers=args.workers,
+        seed=args.seed,
+    )  # fmt: skip
+    res = finetune(enc, train, val, cfg, args.out, args.resume)
+    if int(os.environ.get("RANK", 0)) == 0:
+        keys = ("mAP", "CF1", "OF1") if res["task"] == "multilabel" else ("top1", "top5")
+        shown = " ".join(f"{k} {res[k]:.4f}" for k in keys)
+        print(f"mcssl: {args.eval_command} {res['task']} {shown} -> {args.out}/results.json")
+    return 0
+
+
+def _add_finetune_options(p: argparse.ArgumentParser, lr: float) -> None:
+    p.add_argument("--checkpoint", default="default", help="as for `mcssl concepts`")
+    kinds = "folder: multi-class ImageFolder; voc / coco / csv: multi-label"
+    p.add_argument(
+        "--format", choices=("folder", "voc", "coco", "csv"), default="folder", help=kinds
+    )
+    p.add_argument("--train", required=True, help="folder / VOC split / COCO json / CSV")
+    p.add_argument("--val", required=True, help="the same for validation")
+    p.add_argument("--images", help="VOC root (voc) or the image folder (coco)")
+    p.add_argument("--out", required=True, help="output folder (metrics, last.pt, results)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64, help="per process")
+    p.add_argument("--lr", type=float, default=lr, help="for a total batch of 256")
+    p.add_argument("--img-size", type=int, default=224, help="the paper: 448 for multi-label")
+    p.add_argument("--randaugment", action="store_true")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="multi-class")
+    p.add_argument("--gamma-neg", type=float, default=4.0, help="asymmetric loss, multi-label")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
+    p.add_argument("--random-init", action="store_true", help="baseline: untrained backbone")
+    p.set_defaults(fn=_eval_finetune)
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from mcssl.doctor import format_report, report
 
@@ -268,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     ek.add_argument("--k", type=int, default=20, help="neighbours")
     ek.add_argument("--out", help="write the results as JSON here")
     ek.set_defaults(fn=_eval_knn)
+    _add_finetune_options(
+        evs.add_parser("finetune", help="fine-tune the backbone + a head (multi-class/-label)"),
+        1e-4,
+    )
+    _add_finetune_options(
+        evs.add_parser("linear", help="train a head on the frozen backbone (linear probe)"), 1e-3
+    )
 
     d = sub.add_parser("doctor", help="versions, devices, bundled checkpoint, runs folder")
     d.set_defaults(fn=_doctor)
