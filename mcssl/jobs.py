@@ -108,13 +108,14 @@ class Jobs:
         job = Job(str(out), recipe, overrides, resume, started=time.time())
         self._write(job)
         out.mkdir(parents=True, exist_ok=True)
-        subprocess.Popen(
-            [sys.executable, "-m", "mcssl.jobs", str(self.file)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.root / "runner.log", "ab"),  # noqa: SIM115 (the child owns it)
-            start_new_session=True,  # survives the app; not killed with its process group
-        )
+        with open(self.root / "runner.log", "ab") as err:  # the child keeps its own handle
+            subprocess.Popen(
+                [sys.executable, "-m", "mcssl.jobs", str(self.file)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,  # survives the app; not killed with its process group
+            )
         return job
 
     def stop(self) -> None:

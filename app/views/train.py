@@ -80,7 +80,6 @@ def _form(jobs: Jobs) -> None:
     if data.strip():
         overrides.append(f"data.path={data.strip()}")
     try:
-        load_config(recipe, overrides).data  # noqa: B018 (validates before launching)
         jobs.start(out.strip() or default_out, recipe, overrides)
     except (ConfigError, JobError) as e:
         st.error(str(e))
