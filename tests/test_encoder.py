@@ -16,14 +16,11 @@ from mcssl.checkpoint import export_teacher
 from mcssl.config import load_config
 from mcssl.explore.encoder import EncoderError, load_encoder
 from mcssl.models import Student, Teacher
-from mcssl.train import train
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("enc") / "run"
-    train(load_config("smoke", ["optim.epochs=1"]), out)
-    return out
+@pytest.fixture
+def run_dir(smoke_run: Path) -> Path:
+    return smoke_run
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,7 @@ def render(ctx: Context) -> None:
                              exclude_image=exclude or None, one_per_image=one)  # fmt: skip
     st.session_state["hits"] = [(h.path, h.row, h.col, round(h.score, 4)) for h in hits]
     st.subheader(f"Top {len(hits)} tokens across {len(names)} images")
+    st.caption(f"Index: {index.describe()}; model on {ctx.encoder.device}")
     if not hits:
         st.info("No token matches these options.")
     grid = st.columns(6)
