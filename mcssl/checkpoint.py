@@ -74,5 +74,6 @@ def export_teacher(run: str | Path, out: str | Path, dtype: str = "fp32") -> dic
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o644)  # a shareable file, like any other output
     os.replace(tmp, out)
     return meta

@@ -135,6 +135,8 @@ def _eval_concepts(args: argparse.Namespace) -> int:
     from mcssl.explore.encoder import load_encoder
 
     enc = load_encoder(args.checkpoint, args.device)
+    if args.resolution is None and "img_size" not in enc.info:
+        print("mcssl: the checkpoint does not say its training size; using the images' size")
     result = evaluate(
         enc, args.data, args.seeds, args.resolution, args.layer, not args.no_baselines
     )
@@ -298,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         "concepts", help="concept discovery vs ground-truth masks (ARI, mIoU, NMI) + baselines"
     )
     _add_model_options(ec, "default")
-    ec.set_defaults(resolution=None)  # None = the benchmark images' own size
+    ec.set_defaults(resolution=None)  # None = the checkpoint's training size
     ec.add_argument(
         "--data",
         default="synthetic:200",

@@ -45,10 +45,12 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> Non
 
 
 @pytest.fixture
-def server(smoke_export: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The app exactly as the README starts it (the bundled checkpoint), runs in tmp."""
     port = _free_port()
     runs = tmp_path / "runs"
-    env = os.environ | {"MCSSL_DEFAULT_CHECKPOINT": str(smoke_export), "MCSSL_RUNS": str(runs)}
+    env = {k: v for k, v in os.environ.items() if k != "MCSSL_DEFAULT_CHECKPOINT"}
+    env["MCSSL_RUNS"] = str(runs)
     log = open(tmp_path / "app.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         ["make", "-s", "app", f"PORT={port}"], cwd=ROOT, env=env, stdout=log,

@@ -191,12 +191,13 @@ def evaluate(
 ) -> dict:
     """Scores the checkpoint (and the baselines) on ``data_spec`` for each seed; the seed picks
     the synthetic scenes, k-means' initialisation and the random ViT. ``resolution`` None =
-    the images' shorter side. -> {"methods": {name: {metric: mean over seeds, metric_sd_seeds:
-    std over seeds, images_per_seed}}, "per_seed": {name: [scores per seed]}, ...}."""
+    the checkpoint's training size (the scale its features were learnt at), else the images'.
+    -> {"methods": {name: {metric: mean over seeds, metric_sd_seeds: std over seeds,
+    images_per_seed}}, "per_seed": {name: [scores per seed]}, ...}."""
     per_seed: dict[str, list[dict]] = {}
     for s in seeds:
         data = load_benchmark(data_spec, s)
-        res = resolution or min(data[0].image.size)
+        res = resolution or int(enc.info.get("img_size") or min(data[0].image.size))
         for name, featurise in featurisers(enc, res, layer, baselines, s).items():
             feats = featurise([d.image for d in data])
             per_seed.setdefault(name, []).append(
