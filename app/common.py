@@ -117,6 +117,27 @@ class Context:
     def image(self, name: str):
         return self.gallery.images[self.gallery.names.index(name)]
 
+    def shown(self, name: str):
+        """The image at display size (longer side <= SHOW_SIDE): overlays and heat-maps are
+        drawn at this size, which keeps a rerun's encoding and transfer small."""
+        return shrink(self.image(name))
+
+
+SHOW_SIDE = 448
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _shrunk(_img, digest: str):
+    img = _img.copy()
+    img.thumbnail((SHOW_SIDE, SHOW_SIDE))
+    return img
+
+
+def shrink(img):
+    from mcssl.explore.features import image_digest
+
+    return _shrunk(img, image_digest(img)) if max(img.size) > SHOW_SIDE else img
+
 
 def _model_sidebar() -> tuple[str, float] | None:
     st.sidebar.header("Model")

@@ -43,7 +43,7 @@ from mcssl.explore.pipeline import label_features  # noqa: E402
 def vits16_export(path: Path) -> Path:
     from mcssl.models import Student
 
-    cfg = load_config("paper_vits16")
+    cfg = load_config("paper_vits16", ["data.path=samples"])  # data is not used here
     s = Student(cfg.model).eval()
     tensors = {f"backbone.{k}": v for k, v in s.backbone.state_dict().items()}
     tensors |= {f"head.{k}": v for k, v in s.concept_head.state_dict().items()}

@@ -57,11 +57,13 @@ def render(ctx: Context) -> None:
     rows = []
     cols = st.columns(len(chosen))
     for col, name, f, lab in zip(cols, chosen, feats, labs, strict=True):
-        img, grid = ctx.image(name), lab[k]
+        img, grid = ctx.shown(name), lab[k]
         with col:
             full = upsample_labels(grid, (img.height, img.width), ctx.smooth)
             shown = overlay(img, full, ctx.alpha)
-            click = streamlit_image_coordinates(shown, width="stretch", key=f"cc_{name}")
+            click = streamlit_image_coordinates(
+                shown, width="stretch", key=f"cc_{name}", image_format="JPEG", jpeg_quality=90
+            )
             picked = clicked_cluster(grid, click)
             key = f"cluster_{name}"
             if st.session_state.get(key, 0) >= k:  # k went down: the old choice is gone

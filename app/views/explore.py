@@ -16,20 +16,23 @@ from mcssl.explore.concepts import cluster_mean_probs, top_concepts, upsample_la
 from mcssl.explore.render import overlay
 
 
-def overlays(ctx: Context, names: list[str], cocluster: bool):
-    """-> per image: (image, {k: label grid}, {k: overlay})."""
+def overlays(ctx: Context, names: list[str], cocluster: bool, full_size: bool = False):
+    """-> per image: (image, {k: label grid}, {k: overlay}, {k: label map at image size}),
+    at display size unless ``full_size`` (the downloads)."""
     feats = ctx.features(names)
     labs = labels(ctx.key(names, ctx.ks, cocluster), feats, ctx.ks, cocluster)
     out = []
     for name, lab in zip(names, labs, strict=True):
-        img = ctx.image(name)
+        img = ctx.image(name) if full_size else ctx.shown(name)
         full = {k: upsample_labels(g, (img.height, img.width), ctx.smooth) for k, g in lab.items()}
         out.append((img, lab, {k: overlay(img, f, ctx.alpha) for k, f in full.items()}, full))
     return feats, out
 
 
-def archive(ctx: Context, names: list[str], feats, shown, cocluster: bool) -> bytes:
-    """A zip of overlays, label masks (pixel value = concept id) and concepts.json."""
+def archive(ctx: Context, names: list[str], cocluster: bool) -> bytes:
+    """A zip of overlays, label masks (pixel value = concept id) and concepts.json, at the
+    images' own size."""
+    feats, shown = overlays(ctx, names, cocluster, full_size=True)
     buf = io.BytesIO()
     records = []
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
@@ -67,18 +70,18 @@ def render(ctx: Context) -> None:
     if not chosen:
         st.info("Choose one or more images.")
         return
-    feats, shown = overlays(ctx, chosen, cocluster)
+    _, shown = overlays(ctx, chosen, cocluster)
     st.session_state["explore_labels"] = {
         n: lab for n, (_, lab, _, _) in zip(chosen, shown, strict=True)
     }
     for name, (img, _, ovs, _) in zip(chosen, shown, strict=True):
         cols = st.columns(1 + len(ovs))
-        cols[0].image(img, caption=name, width="stretch")
+        cols[0].image(img, caption=name, width="stretch", output_format="JPEG")
         for col, (k, ov) in zip(cols[1:], ovs.items(), strict=True):
-            col.image(ov, caption=f"k={k}", width="stretch")
+            col.image(ov, caption=f"k={k}", width="stretch", output_format="JPEG")
     st.download_button(
         "Download masks, overlays and JSON (.zip)",
-        lambda: archive(ctx, chosen, feats, shown, cocluster),  # built only when clicked
+        lambda: archive(ctx, chosen, cocluster),  # built only when clicked
         file_name="mcssl_concepts.zip",
         mime="application/zip",
         key="download",

@@ -53,7 +53,7 @@ def render(ctx: Context) -> None:
     exclude = opts[2].checkbox("Exclude own image", key="exclude_own")
     one = opts[3].checkbox("One hit per image", key="one_per_image")
     index = get_index(ctx, ctx.key(names, "index"))
-    img = ctx.image(name)
+    img = ctx.shown(name)
     (f,) = ctx.features([name])
     token = st.session_state.get("token")
     left, right = st.columns(2)
@@ -62,7 +62,9 @@ def render(ctx: Context) -> None:
         if token and token[0] == name:
             th, tw = img.height / f.grid[0], img.width / f.grid[1]
             shown = draw_token_box(img, token[1], token[2], th, tw, width=3)
-        click = streamlit_image_coordinates(shown, width=SHOWN_WIDTH, key="token_click")
+        click = streamlit_image_coordinates(
+            shown, width=SHOWN_WIDTH, key="token_click", image_format="JPEG", jpeg_quality=90
+        )
         if click and st.session_state.get("last_click") != click:
             st.session_state["last_click"] = click
             st.session_state["token"] = (name, *token_at(click, f.grid))
@@ -74,7 +76,7 @@ def render(ctx: Context) -> None:
     n = row * f.grid[1] + col
     with right:
         sim = token_similarity(f.tokens, n).reshape(f.grid)
-        st.image(heatmap(img, sim), width=SHOWN_WIDTH,
+        st.image(heatmap(img, sim), width=SHOWN_WIDTH, output_format="JPEG",
                  caption=f"cosine similarity to token ({row}, {col})")  # fmt: skip
     image_id = names.index(name)
     hits = index.query_token(image_id, row, col, top=int(top), same_concept=same or None,
@@ -86,7 +88,7 @@ def render(ctx: Context) -> None:
         st.info("No token matches these options.")
     grid = st.columns(6)
     for i, h in enumerate(hits):
-        hit_img = ctx.image(h.path)
+        hit_img = ctx.shown(h.path)
         gh, gw = index.images[h.image]["grid"]
         crop = token_crop(hit_img, h.row, h.col, hit_img.height / gh, hit_img.width / gw)
         grid[i % 6].image(crop, caption=f"{h.path} ({h.row},{h.col}) {h.score:.3f}")

@@ -7,6 +7,7 @@ sides are rounded to patch multiples; timm interpolates the position embeddings.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -70,9 +71,21 @@ class FeatureExtractor:
         self.settings = settings or Settings()
         self.cache: OrderedDict[tuple, ImageFeatures] = OrderedDict()
         self.cache_size = cache
+        self._digests: dict[int, tuple[weakref.ref, str]] = {}
 
     def _key(self, img: Image.Image) -> tuple:
-        return (self.encoder.digest, image_digest(img), self.settings)
+        return (self.encoder.digest, self._digest(img), self.settings)
+
+    def _digest(self, img: Image.Image) -> str:
+        """image_digest, remembered per live image object (hashing pixels on every call costs
+        milliseconds per large image; the app asks again on every rerun)."""
+        ref, digest = self._digests.get(id(img), (None, ""))
+        if ref is None or ref() is not img:
+            digest = image_digest(img)
+            self._digests[id(img)] = (weakref.ref(img), digest)
+            if len(self._digests) > 4 * self.cache_size + 64:  # forget dead images
+                self._digests = {k: v for k, v in self._digests.items() if v[0]() is not None}
+        return digest
 
     @torch.inference_mode()
     def _run(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -7,6 +7,7 @@ import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from PIL import Image
@@ -29,7 +30,7 @@ class Gallery:
     def __len__(self) -> int:
         return len(self.images)
 
-    @property
+    @cached_property
     def digest(self) -> str:
         h = hashlib.blake2b(digest_size=12)
         for name, img in zip(self.names, self.images, strict=True):
