@@ -91,7 +91,7 @@ def main() -> None:
     for w in args.workers:
         cfg = load_config(args.config, base + [f"data.workers={w}"] + args.overrides)
         result["plain_loader_images_per_s"][w] = round(loader_rate(cfg, args.batches), 1)
-    cfg = load_config(args.config, base + args.overrides)
+    cfg = load_config(args.config, base + ["data.workers=0"] + args.overrides)
     paths = sorted(Path(args.data_dir).glob("*.jpg"))
     gpu = gpu_decode_rate(paths, cfg.model.img_size, cfg.optim.batch_size)
     result["gpu_decode_images_per_s"] = None if gpu is None else round(gpu, 1)
