@@ -126,6 +126,14 @@ class Context:
 SHOW_SIDE = 448
 
 
+def token_at(click: dict, grid: tuple[int, int]) -> tuple[int, int]:
+    """A click on a shown image (streamlit-image-coordinates) -> (row, col) of its token."""
+    gh, gw = grid
+    r = min(gh - 1, int(click["y"] / click["height"] * gh))
+    c = min(gw - 1, int(click["x"] / click["width"] * gw))
+    return r, c
+
+
 @st.cache_data(max_entries=256, show_spinner=False)
 def _shrunk(_img, digest: str):
     img = _img.copy()

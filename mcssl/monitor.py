@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from mcssl.losses.recon import pixel_mask
+
 REMEDIES = {
     "uniform": "lower loss.teacher_temp, raise loss.center_momentum, or lower optim.base_lr",
     "dominant": "raise loss.center_momentum (more centring) or loss.teacher_temp, lower "
@@ -50,8 +52,7 @@ def concept_health(teacher_probs: torch.Tensor, student_logits: torch.Tensor) ->
 @torch.no_grad()
 def recon_split(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     """Mean L1 on corrupted and on clean patches: recon/target (B, 3, H, W), mask (B, h, w)."""
-    p = target.shape[-1] // mask.shape[-1]
-    px = mask[:, None].repeat_interleave(p, -2).repeat_interleave(p, -1).expand_as(target)
+    px = pixel_mask(mask, target)
     err = (recon.float() - target.float()).abs()
     n_c, n_all = px.sum(), px.numel()
     corrupted = (err * px).sum() / n_c.clamp_min(1)

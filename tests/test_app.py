@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,7 @@ def test_retrieve_a_clicked_token_with_every_option(
     _ok(app)
     hits = app.session_state["hits"]
     assert len(hits) == 12 and hits[0][:3] == ("astronaut", 3, 4) and hits[0][3] == pytest.approx(1)
-    assert all(a[3] >= b[3] for a, b in zip(hits, hits[1:], strict=False))
+    assert all(a[3] >= b[3] for a, b in pairwise(hits))
     assert "cosine similarity to token (3, 4)" in _captions(app)
 
     app.checkbox(key="exclude_own").check()

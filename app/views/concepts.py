@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-from common import Context, labels
+from common import Context, labels, token_at
 from PIL import Image
 from streamlit_image_coordinates import streamlit_image_coordinates
 
@@ -17,12 +17,7 @@ from mcssl.explore.render import PALETTE, id_colours, overlay
 
 def clicked_cluster(grid: np.ndarray, click: dict | None) -> int | None:
     """The cluster under a click on the shown overlay (``click`` from image coordinates)."""
-    if not click:
-        return None
-    gh, gw = grid.shape
-    r = min(gh - 1, int(click["y"] / click["height"] * gh))
-    c = min(gw - 1, int(click["x"] / click["width"] * gw))
-    return int(grid[r, c])
+    return int(grid[token_at(click, grid.shape)]) if click else None
 
 
 def bars(rows: list[tuple[str, np.ndarray]], top_n: int) -> go.Figure:

@@ -4,7 +4,7 @@ similar tokens across the gallery (exact FAISS index, cached on disk per model +
 from __future__ import annotations
 
 import streamlit as st
-from common import Context, runs_dir
+from common import SHOW_SIDE, Context, runs_dir, token_at
 from streamlit_image_coordinates import streamlit_image_coordinates
 
 from mcssl.explore.concepts import token_similarity
@@ -12,7 +12,7 @@ from mcssl.explore.gallery import gallery_index
 from mcssl.explore.index import TokenIndex
 from mcssl.explore.render import draw_token_box, heatmap, token_crop
 
-SHOWN_WIDTH = 448
+SHOWN_WIDTH = SHOW_SIDE  # the shown images are at most this size
 
 
 @st.cache_resource
@@ -33,14 +33,6 @@ def get_index(ctx: Context, key: str) -> TokenIndex:
         while len(store) > 4:
             store.pop(next(iter(store)))
     return store[key]
-
-
-def token_at(click: dict, grid: tuple[int, int]) -> tuple[int, int]:
-    """A click on the shown image -> (row, col) of the token under it."""
-    gh, gw = grid
-    r = min(gh - 1, int(click["y"] / click["height"] * gh))
-    c = min(gw - 1, int(click["x"] / click["width"] * gw))
-    return r, c
 
 
 def render(ctx: Context) -> None:

@@ -66,7 +66,8 @@ def loss_figure(rows: list[dict]) -> go.Figure:
 
 def _form(jobs: Jobs) -> None:
     with st.form("launch"):
-        recipe = st.selectbox("Recipe", recipes(), index=recipes().index("smoke"), key="recipe")
+        names = recipes()
+        recipe = st.selectbox("Recipe", names, index=names.index("smoke"), key="recipe")
         data = st.text_input("Data (folder, file list, samples, synthetic:N; empty = recipe's)",
                              key="train_data")  # fmt: skip
         default_out = str(runs_dir() / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")

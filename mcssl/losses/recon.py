@@ -5,6 +5,12 @@ from __future__ import annotations
 import torch
 
 
+def pixel_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Patch mask (B, h, w) -> pixel mask broadcast to ``like`` (B, C, H, W)."""
+    p = like.shape[-1] // mask.shape[-1]
+    return mask[:, None].repeat_interleave(p, -2).repeat_interleave(p, -1).expand_as(like)
+
+
 def reconstruction_loss(
     recon: torch.Tensor,
     target: torch.Tensor,
@@ -23,6 +29,5 @@ def reconstruction_loss(
     )
     if region == "all":
         return err.mean()
-    p = target.shape[-1] // mask.shape[-1]
-    px = mask[:, None].repeat_interleave(p, -2).repeat_interleave(p, -1).expand_as(err)
+    px = pixel_mask(mask, err)
     return (err * px).sum() / px.sum().clamp_min(1)
