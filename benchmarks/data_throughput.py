@@ -2,12 +2,16 @@
 
     python benchmarks/make_jpegs.py /tmp/jpegs -n 512
     python benchmarks/data_throughput.py --data-dir /tmp/jpegs [--workers 0 1 2] [--config NAME]
+        [--pipelines plain device] [--json out.json] [key=value overrides]
 
-Plain path: the training loader exactly as `mcssl train` builds it (PIL decode + SiT
-augmentations in worker processes). On a CUDA machine it also times the GPU decode path
-(torchvision.io.decode_jpeg on the device, batched, then a batched resize): the ceiling of a
-GPU-side pipeline. The model figure comes from the same machine, same run: one training step
-of the configured model on a synthetic batch.
+Every path is the training loader exactly as `mcssl train` builds it, views included:
+- plain: PIL decode + SiT augmentations in the worker processes (`data.pipeline=plain`);
+- device: workers only read (JPEG bytes on CUDA, decoded there by nvjpeg; decoded images on
+  a CPU), the augmentations run batched on the device (`data.pipeline=device`);
+- both again on a pre-resized cache of the same files (`mcssl cache`, `data.path=cache:...`),
+  built once here (its build time is reported).
+The model figure comes from the same machine, same run: training steps of the configured
+model on a synthetic batch.
 """
 
 from __future__ import annotations
@@ -24,35 +28,27 @@ import torch
 
 from mcssl.config import load_config
 from mcssl.data import build_data
+from mcssl.imagecache import build_cache
 from mcssl.train import Trainer
 
 
 def loader_rate(cfg, batches: int) -> float:
-    bundle = build_data(cfg, rank=0, world=1, pin_memory=torch.cuda.is_available())
+    """Images/s of the training views (loader + the device part of the pipeline)."""
+    cuda = torch.cuda.is_available()
+    dev = torch.device("cuda" if cuda else "cpu")
+    bundle = build_data(cfg, rank=0, world=1, cuda=cuda)
     it = iter(bundle.loader)
-    next(it)  # worker start-up is not throughput
+    bundle.views(next(it), 0, dev)  # worker start-up and CUDA warm-up are not throughput
+    if cuda:
+        torch.cuda.synchronize()
     t = time.perf_counter()
     n = 0
-    for _ in range(batches):
-        b = next(it)
+    for step in range(batches):
+        b = bundle.views(next(it), step + 1, dev)
         n += b["global"][0].shape[0]
+    if cuda:
+        torch.cuda.synchronize()
     return n / (time.perf_counter() - t)
-
-
-def gpu_decode_rate(paths: list[Path], size: int, batch: int) -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    from torchvision.io import decode_jpeg, read_file
-    from torchvision.transforms.v2.functional import resize
-
-    data = [read_file(str(p)) for p in paths[: batch * 4]]
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for i in range(0, len(data), batch):
-        imgs = decode_jpeg(data[i : i + batch], device="cuda")
-        torch.stack([resize(im, [size, size], antialias=True) for im in imgs])
-    torch.cuda.synchronize()
-    return len(data) / (time.perf_counter() - t)
 
 
 def model_rate(cfg, out: Path, steps: int) -> float:
@@ -79,25 +75,36 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--batches", type=int, default=8)
     ap.add_argument("--model-steps", type=int, default=3)
+    ap.add_argument("--pipelines", nargs="+", default=["plain", "device"])
+    ap.add_argument("--json", help="also write the results here")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     base = [f"data.path={args.data_dir}", "run.preview_every=0", "run.monitor_every=0"]
-    result = {
+    result: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "config": args.config,
-        "plain_loader_images_per_s": {},
+        "images_per_s": {},
     }
-    for w in args.workers:
-        cfg = load_config(args.config, base + [f"data.workers={w}"] + args.overrides)
-        result["plain_loader_images_per_s"][w] = round(loader_rate(cfg, args.batches), 1)
-    cfg = load_config(args.config, base + ["data.workers=0"] + args.overrides)
-    paths = sorted(Path(args.data_dir).glob("*.jpg"))
-    gpu = gpu_decode_rate(paths, cfg.model.img_size, cfg.optim.batch_size)
-    result["gpu_decode_images_per_s"] = None if gpu is None else round(gpu, 1)
+    cfg = load_config(args.config, base + args.overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        result["model_images_per_s"] = round(model_rate(cfg, Path(tmp), args.model_steps), 1)
+        size = cfg.model.img_size * 8 // 7  # 256 for 224 crops
+        info = build_cache(args.data_dir, Path(tmp) / "cache.npy", size, max(args.workers))
+        result["cache_build"] = {k: info[k] for k in ("count", "size", "seconds")}
+        sources = {"jpeg": args.data_dir, "cache": f"cache:{tmp}/cache.npy"}
+        for pipeline in args.pipelines:
+            for name, path in sources.items():
+                for w in args.workers:
+                    over = [f"data.path={path}", f"data.pipeline={pipeline}", f"data.workers={w}"]
+                    rate = loader_rate(load_config(args.config, base + args.overrides + over),
+                                       args.batches)  # fmt: skip
+                    key = f"{pipeline} {name} workers={w}"
+                    result["images_per_s"][key] = round(rate, 1)
+                    print(f"{key}: {rate:.1f} images/s", flush=True)
+        result["model_images_per_s"] = round(model_rate(cfg, Path(tmp) / "m", args.model_steps), 1)
     print(json.dumps(result, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -225,6 +225,17 @@ def _doctor(args: argparse.Namespace) -> int:
     return 1 if any(not c.ok and c.essential for c in checks) else 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from mcssl.imagecache import build_cache
+
+    info = build_cache(args.data, args.out, args.size, args.workers)
+    print(
+        f"mcssl: cached {info['count']} images at {info['size']} px in {info['seconds']} s "
+        f"({len(info['skipped'])} skipped) -> {args.out}; train with data.path=cache:{args.out}"
+    )
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser, checkpoint_default: str | None) -> None:
     p.add_argument(
         "--checkpoint",
@@ -252,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output .safetensors file")
     e.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     e.set_defaults(fn=_export)
+
+    ca = sub.add_parser("cache", help="decode + resize a dataset once into a .npy image cache")
+    ca.add_argument("data", help="any data.path source: folder, .txt list, samples, synthetic:N")
+    ca.add_argument("out", help="output .npy (and .json beside it)")
+    ca.add_argument("--size", type=int, default=256, help="side of the stored squares")
+    ca.add_argument("--workers", type=int, default=4, help="decoding processes")
+    ca.set_defaults(fn=_cache)
 
     c = sub.add_parser("concepts", help="k-means concept masks (+ pseudo-concepts) per image")
     _add_model_options(c, "default")
@@ -365,6 +383,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from mcssl.evaluation.knn import LabelledDataError
     from mcssl.explore.encoder import EncoderError
     from mcssl.explore.index import TokenIndexError
+    from mcssl.imagecache import CacheError
     from mcssl.images import ImageError
     from mcssl.train import TrainError
 
@@ -378,6 +397,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         TokenIndexError,
         BenchmarkError,
         LabelledDataError,
+        CacheError,
     )
 
 

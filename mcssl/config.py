@@ -74,6 +74,9 @@ class DataConfig:
     global_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
     local_scale: list[float] = field(default_factory=lambda: [0.05, 0.25])
     workers: int = 8
+    # plain: workers decode + augment (PIL); device: workers only read, the augmentations run
+    # batched on the training device and JPEGs are decoded there (nvjpeg) on CUDA
+    pipeline: str = "plain"
     max_image_pixels: int = 100_000_000  # decompression-bomb guard
 
 
@@ -127,6 +130,7 @@ _CHOICES = {
     "loss.recon_type": ("l1", "mse"),
     "loss.recon_region": ("all", "corrupted"),
     "loss.combine": ("average", "fixed", "uncertainty"),
+    "data.pipeline": ("plain", "device"),
     "run.device": ("auto", "cpu", "cuda"),
     "run.precision": ("auto", "fp32", "bf16", "fp16"),
 }

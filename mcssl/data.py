@@ -7,16 +7,19 @@ batches whatever the number of workers and wherever it was resumed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from mcssl.config import Config
+from mcssl.imagecache import CachedImage, CacheError, cache_items
 from mcssl.images import IMAGE_EXTENSIONS, ImageError, find_images, load_rgb, sample_photos
 from mcssl.scenes import make_scenes
 
@@ -68,15 +71,16 @@ class UnlabelledImages(Dataset):
 
     def _load(self, i: int) -> Image.Image:
         item = self.items[i % len(self.items)]
+        if isinstance(item, CachedImage):
+            return Image.fromarray(item.array())
         return item if isinstance(item, Image.Image) else load_rgb(item, self.max_pixels)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        epoch, i = key
+    def _first_readable(self, i: int, load: Callable[[int], object]) -> tuple[object, int]:
+        """load(i), or of the next readable item; -> (what it returned, items skipped)."""
         failed = 0
         while True:
             try:
-                img = self._load(i + failed)
-                break
+                return load(i + failed), failed
             except ImageError as e:
                 if (i + failed) % len(self.items) not in self.warned:
                     self.warned.add((i + failed) % len(self.items))
@@ -84,11 +88,118 @@ class UnlabelledImages(Dataset):
                 failed += 1
                 if failed >= min(MAX_CONSECUTIVE_FAILURES, len(self.items)):
                     raise DataError(f"{failed} unreadable images in a row ({e})") from None
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, i = key
+        img, failed = self._first_readable(i, self._load)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash((self.seed, epoch, i)) & 0x7FFF_FFFF_FFFF)
             views_g = [self.global_aug(img) for _ in range(self.n_global)]
             views_l = [self.local_aug(img) for _ in range(self.n_local)]
         return {"global": views_g, "local": views_l, "failed": failed}
+
+
+class RawImages(UnlabelledImages):
+    """The device pipeline's dataset: workers only read images, the augmentations run batched
+    on the training device (``DeviceViews``). An item is a uint8 (3, H, W) tensor, or with
+    ``jpeg_bytes`` the raw bytes (1-D uint8) of a plain JPEG, to be decoded by nvjpeg."""
+
+    def __init__(self, items: list, cfg: Config, seed: int, jpeg_bytes: bool) -> None:
+        super().__init__(items, cfg, seed)
+        self.jpeg_bytes = jpeg_bytes
+
+    def _load_raw(self, i: int) -> torch.Tensor:
+        item = self.items[i % len(self.items)]
+        if isinstance(item, CachedImage):
+            return torch.from_numpy(np.array(item.array())).permute(2, 0, 1)
+        if self.jpeg_bytes and isinstance(item, Path) and _plain_jpeg(item, self.max_pixels):
+            return torch.from_numpy(np.fromfile(item, dtype=np.uint8))
+        return torch.from_numpy(np.array(self._load(i))).permute(2, 0, 1)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        img, failed = self._first_readable(key[1], self._load_raw)
+        return {"image": img, "failed": failed}
+
+
+def _plain_jpeg(path: Path, max_pixels: int) -> bool:
+    """A JPEG that nvjpeg decodes as load_rgb would: RGB or grey, no EXIF rotation, not too
+    big (read from the header only). Anything else goes through load_rgb in the worker."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            return (
+                img.format == "JPEG"
+                and img.mode in ("RGB", "L")
+                and w * h <= max_pixels
+                and img.getexif().get(0x0112, 1) == 1
+            )
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+def raw_collate(samples: list[dict]) -> dict:
+    """-> images: (B, 3, H, W) uint8 when all have one size, else a list; failed: int."""
+    imgs = [s["image"] for s in samples]
+    same = all(im.ndim == 3 and im.shape == imgs[0].shape for im in imgs)
+    return {"images": torch.stack(imgs) if same else imgs,
+            "failed": sum(s["failed"] for s in samples)}  # fmt: skip
+
+
+def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """Batched nvjpeg decode; one bad file fails a batch, so then one by one (None: failed)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's decoders are marked deprecated
+        try:
+            return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            out: list[torch.Tensor | None] = []
+            for d in data:
+                try:
+                    out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    out.append(None)
+            return out
+
+
+class DeviceViews:
+    """Turns a RawImages batch into the training views on the device: decodes JPEG bytes
+    there (nvjpeg on CUDA), then ``device_aug.augment_views``. Seeded by (seed, rank, step),
+    so a resumed run gets the same views."""
+
+    def __init__(self, cfg: Config, rank: int) -> None:
+        self.cfg, self.rank = cfg, rank
+
+    def __call__(self, batch: dict, step: int, device: torch.device) -> dict:
+        from mcssl.device_aug import augment_views
+
+        images, failed = batch["images"], batch["failed"]
+        if isinstance(images, torch.Tensor):
+            images = images.to(device, non_blocking=True)
+        else:
+            images, bad = self._to_device(images, device)
+            failed += bad
+        d, gen = self.cfg.data, torch.Generator()
+        gen.manual_seed(hash((self.cfg.run.seed, self.rank, step)) & 0x7FFF_FFFF_FFFF)
+        size, scale = self.cfg.model.img_size, tuple(d.global_scale)
+        return {
+            "global": augment_views(images, d.global_crops, size, scale, gen),
+            "local": augment_views(images, d.local_crops, d.local_size, tuple(d.local_scale), gen),
+            "failed": failed,
+        }
+
+    @staticmethod
+    def _to_device(images: list[torch.Tensor], device: torch.device) -> tuple[list, int]:
+        out = [im.to(device, non_blocking=True) if im.ndim == 3 else None for im in images]
+        jpeg = [k for k, im in enumerate(images) if im.ndim == 1]
+        if jpeg:
+            for k, im in zip(jpeg, _decode_jpegs([images[k] for k in jpeg], device), strict=True):
+                out[k] = im
+        good = [im for im in out if im is not None]
+        if not good:
+            raise DataError("no image of a batch could be decoded")
+        return [good[0] if im is None else im for im in out], len(out) - len(good)
 
 
 def collate(samples: list[dict]) -> dict:
@@ -124,6 +235,11 @@ class ResumableDistributedSampler(Sampler):
 
 
 def _one_source(source: str) -> tuple[list[Path | Image.Image], str]:
+    if source.startswith("cache:"):
+        try:
+            return cache_items(source[len("cache:") :])
+        except CacheError as e:
+            raise DataError(str(e)) from None
     if source == "samples":
         photos = sample_photos()
         return list(photos.values()), f"{len(photos)} scikit-image/scikit-learn photos"
@@ -151,7 +267,8 @@ def resolve_items(path: str) -> tuple[list[Path | Image.Image], str]:
     """data.path -> items and a short description of the data (saved in the export).
 
     ``path`` is one source or several joined by ``+``; a source is ``samples`` (the bundled
-    photos), ``synthetic:N[:SEED]`` (generated scenes), a folder or a .txt file list, and may
+    photos), ``synthetic:N[:SEED]`` (generated scenes), ``cache:FILE.npy`` (built by ``mcssl
+    cache``), a folder or a .txt file list, and may
     end in ``*M`` to repeat its items M times (to weight a small source against a large one)."""
     items: list[Path | Image.Image] = []
     descs = []
@@ -167,17 +284,29 @@ def resolve_items(path: str) -> tuple[list[Path | Image.Image], str]:
     return items, " + ".join(descs)
 
 
+def plain_views(batch: dict, step: int, device: torch.device) -> dict:
+    return batch  # the plain path's workers made the views already
+
+
 @dataclass
 class DataBundle:
     loader: DataLoader
     sampler: ResumableDistributedSampler
     steps_per_epoch: int
     description: str
+    # (loader batch, step, device) -> {"global": [...], "local": [...], "failed": n}
+    views: Callable[[dict, int, torch.device], dict] = plain_views
 
 
-def build_data(cfg: Config, rank: int, world: int, pin_memory: bool) -> DataBundle:
+def build_data(cfg: Config, rank: int, world: int, cuda: bool) -> DataBundle:
+    """The loader of ``cfg.data`` for this rank; on ``cuda`` with memory pinned, and with the
+    device pipeline's JPEGs decoded by nvjpeg."""
     items, desc = resolve_items(cfg.data.path)
-    dataset = UnlabelledImages(items, cfg, cfg.run.seed)
+    device_path = cfg.data.pipeline == "device"
+    if device_path:
+        dataset: UnlabelledImages = RawImages(items, cfg, cfg.run.seed, jpeg_bytes=cuda)
+    else:
+        dataset = UnlabelledImages(items, cfg, cfg.run.seed)
     bs = cfg.optim.batch_size
     sampler = ResumableDistributedSampler(len(dataset), rank, world, cfg.run.seed, bs)
     steps = sampler.per_rank // bs
@@ -193,13 +322,14 @@ def build_data(cfg: Config, rank: int, world: int, pin_memory: bool) -> DataBund
         batch_size=bs,
         sampler=sampler,
         num_workers=cfg.data.workers,
-        collate_fn=collate,
-        pin_memory=pin_memory,
+        collate_fn=raw_collate if device_path else collate,
+        pin_memory=cuda,
         drop_last=True,
         persistent_workers=cfg.data.workers > 0,
         prefetch_factor=4 if cfg.data.workers else None,
     )
-    return DataBundle(loader, sampler, steps, desc)
+    views = DeviceViews(cfg, rank) if device_path else plain_views
+    return DataBundle(loader, sampler, steps, desc, views)
 
 
 def denormalise(x: torch.Tensor) -> torch.Tensor:

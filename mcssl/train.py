@@ -464,7 +464,7 @@ class Trainer:
             it = iter(self.data.loader)
             while self.step < (epoch + 1) * spe:
                 tw = time.perf_counter()
-                batch = next(it)
+                batch = self.data.views(next(it), self.step, self.dist.device)
                 wait += time.perf_counter() - tw
                 self.skipped_images += batch["failed"]
                 out = self.train_step(batch)
