@@ -69,9 +69,13 @@ step jpegs 60 $PY benchmarks/make_jpegs.py "$JPEGS" -n 2000
 step bench_loader_b64 120 $PY "${BENCH[@]}" --batch 64 --steps 5 --data-dir "$JPEGS" \
     --workers "$WORKERS" --loader-batches 25 --json "$OUT/bench_loader_b64.json"
 
-# 4b. the loader alone (plain and GPU decode) against the model's images/s
-step data_throughput 150 $PY benchmarks/data_throughput.py --data-dir "$JPEGS" \
-    --workers 4 "$WORKERS" > "$OUT/data_throughput.json"
+step bench_loader_device_b64 100 $PY "${BENCH[@]}" --batch 64 --steps 5 --data-dir "$JPEGS" \
+    --workers "$WORKERS" --loader-batches 25 --set data.pipeline=device \
+    --json "$OUT/bench_loader_device_b64.json"
+
+# 4b. the loader alone, plain and device pipelines, JPEGs and the cache, against the model
+step data_throughput 180 $PY benchmarks/data_throughput.py --data-dir "$JPEGS" \
+    --workers 4 "$WORKERS" --batches 10 --json "$OUT/data_throughput.json" optim.batch_size=64
 
 # 5. optional: torch.compile
 if [[ ${COMPILE:-0} == 1 ]]; then

@@ -182,6 +182,7 @@ def _eval_finetune(args: argparse.Namespace) -> int:
     cfg = FinetuneConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, img_size=args.img_size,
         frozen=args.eval_command == "linear", randaugment=args.randaugment,
+        autoaugment=args.autoaugment, mixup=args.mixup, cutmix=args.cutmix,
         label_smoothing=args.label_smoothing, gamma_neg=args.gamma_neg, workers=args.workers,
         seed=args.seed,
     )  # fmt: skip
@@ -208,7 +209,10 @@ def _add_finetune_options(p: argparse.ArgumentParser, lr: float) -> None:
     p.add_argument("--lr", type=float, default=lr, help="for a total batch of 256")
     p.add_argument("--img-size", type=int, default=224, help="the paper: 448 for multi-label")
     p.add_argument("--randaugment", action="store_true")
+    p.add_argument("--autoaugment", action="store_true", help="ImageNet policy (DeiT)")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="multi-class")
+    p.add_argument("--mixup", type=float, default=0.0, help="alpha; multi-class; DeiT: 0.8")
+    p.add_argument("--cutmix", type=float, default=0.0, help="alpha; multi-class; DeiT: 1.0")
     p.add_argument("--gamma-neg", type=float, default=4.0, help="asymmetric loss, multi-label")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)

@@ -141,3 +141,100 @@ def test_finetuning_the_bundled_checkpoint_beats_chance(tmp_path: Path) -> None:
     assert res["task"] == "multilabel" and res["val_images"] == 96
     rows = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").open()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and (tmp_path / "ft" / "last.pt").exists()
+
+
+def photo_folder(root: Path, per_class: int, seed: int) -> Path:
+    """A small multi-class ImageFolder: random 48 px crops of three bundled photos."""
+    from mcssl.images import sample_photos
+
+    rng = np.random.default_rng(seed)
+    for name, img in list(sample_photos().items())[:3]:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            x, y = rng.integers(0, img.width - 96), rng.integers(0, img.height - 96)
+            img.crop((x, y, x + 96, y + 96)).resize((48, 48)).save(root / name / f"{i}.png")
+    return root
+
+
+def _ft_args(tmp_path: Path, out: str, *extra: str) -> list[str]:
+    tr, va = tmp_path / "train", tmp_path / "val"
+    if not tr.exists():
+        photo_folder(tr, 16, 0), photo_folder(va, 4, 1)
+    return ["eval", "finetune", "--checkpoint", "default", "--train", str(tr), "--val", str(va),
+            "--img-size", "32", "--batch-size", "8", "--workers", "0", "--lr", "1e-3",
+            "--out", str(tmp_path / out), *extra]  # fmt: skip
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_mixup_cutmix_make_soft_targets_and_the_recipe_runs(tmp_path: Path) -> None:
+    from mcssl.cli import main
+    from mcssl.evaluation.finetune import FinetuneConfig, batch_mixer
+
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 3, 16, 16), torch.arange(8) % 3
+    mx, soft = batch_mixer(FinetuneConfig(mixup=0.8), 3)(x, y)
+    assert soft.shape == (8, 3) and torch.allclose(soft.sum(1), torch.ones(8))
+    lam = soft[torch.arange(8), y]  # mixup: image = lam * own + (1 - lam) * a rolled partner
+    assert torch.allclose(mx, lam[0] * x + (1 - lam[0]) * x.roll(1, 0), atol=1e-6)
+    assert batch_mixer(FinetuneConfig(), 3) is None
+    args = _ft_args(tmp_path, "deit", "--epochs", "2", "--mixup", "0.8", "--cutmix", "1.0",
+                    "--autoaugment", "--label-smoothing", "0.1")  # fmt: skip
+    assert main(args) == 0
+    res = json.loads((tmp_path / "deit" / "results.json").read_text())
+    assert res["task"] == "multiclass" and res["config"]["mixup"] == 0.8
+    assert 0 <= res["top1"] <= res["top5"] == 1.0  # three classes: top-5 is always right
+    assert [r["steps"] for r in _rows(tmp_path / "deit")] == [6, 6]  # 48 images / batch 8
+
+
+def test_mixup_on_multilabel_data_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    from mcssl.cli import main
+
+    tr = scene_csv(tmp_path / "s", 8, 0)
+    args = ["eval", "finetune", "--format", "csv", "--train", str(tr), "--val", str(tr),
+            "--mixup", "0.8", "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(args) == 1
+    assert "mixup / cutmix are for multi-class data" in capsys.readouterr().err
+
+
+def test_finetune_killed_then_resumed_ends_identical(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    ref = _ft_args(tmp_path, "ref", "--epochs", "5")
+    subprocess.run([sys.executable, "-m", "mcssl", *ref], env=env, check=True, timeout=300)
+    cut = _ft_args(tmp_path, "cut", "--epochs", "5")
+    proc = subprocess.Popen([sys.executable, "-m", "mcssl", *cut], env=env)
+    deadline = time.time() + 240
+    while not ((tmp_path / "cut" / "last.pt").exists() and _rows(tmp_path / "cut")):
+        assert proc.poll() is None and time.time() < deadline, "no epoch saved before the end"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"]
+    assert 1 <= killed_at < 5
+    subprocess.run([sys.executable, "-m", "mcssl", *cut, "--resume"], env=env, check=True,
+                   timeout=300)  # fmt: skip
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["epoch"] for r in _rows(tmp_path / "cut")][-1] == 5
+
+
+def test_finetune_ddp_two_ranks_stay_in_sync(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+           "mcssl", *_ft_args(tmp_path, "ddp", "--epochs", "2")]  # fmt: skip
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert out["world_size"] == 2 and out["ranks_in_sync"] is True
+    assert [r["steps"] for r in _rows(tmp_path / "ddp")] == [3, 3]  # 48 images / 2 ranks / 8

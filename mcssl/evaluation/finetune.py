@@ -2,9 +2,11 @@
 
 Multi-label (the paper's Table 1): the mean of the data tokens -> FC 2048 -> GELU -> FC C ->
 sigmoid, trained with the asymmetric loss (gamma+ = 0, gamma- = 4); mAP, CP, CR, CF1, OP, OR,
-OF1 at 0.5. Multi-class (Table 2): a linear head on the mean of the data tokens, cross-entropy
-with optional label smoothing; top-1 / top-5. ``frozen`` trains the head only (linear probe).
-DDP through torchrun as in training; ``last.pt`` after every epoch; metrics as JSON.
+OF1 at 0.5. Multi-class (Table 2): a linear head on the mean of the data tokens, cross-entropy;
+the DeiT-style recipe's parts as options (label smoothing, mixup / cutmix, auto-augment);
+top-1 / top-5. ``frozen`` trains the head only (linear probe). DDP through torchrun as in
+training; ``last.pt`` after every epoch; every epoch is seeded by (seed, epoch), so a resumed
+run ends bit-identical to an uninterrupted one; metrics as JSON.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from mcssl.evaluation.multilabel import multilabel_metrics
 from mcssl.explore.encoder import Encoder
 from mcssl.images import ImageError, load_rgb
 from mcssl.losses.asl import AsymmetricLoss
+from mcssl.train import params_digest
 
 
 @dataclass
@@ -43,7 +46,10 @@ class FinetuneConfig:
     img_size: int = 224  # the paper uses 448 for multi-label
     frozen: bool = False  # linear probe: the backbone stays fixed
     randaugment: bool = False
+    autoaugment: bool = False  # the ImageNet policy (DeiT's recipe uses it for multi-class)
     label_smoothing: float = 0.0  # multi-class only
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0 = off; multi-class only
+    cutmix: float = 0.0  # the same for cutmix; with both, one of the two per batch
     gamma_pos: float = 0.0  # asymmetric loss, multi-label only
     gamma_neg: float = 4.0
     workers: int = 4
@@ -89,7 +95,18 @@ def transforms(cfg: FinetuneConfig, train: bool) -> v2.Compose:
     aug = [v2.RandomResizedCrop(cfg.img_size, scale=(0.5, 1.0)), v2.RandomHorizontalFlip()]
     if cfg.randaugment:
         aug.append(v2.RandAugment())
+    if cfg.autoaugment:
+        aug.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET))
     return v2.Compose([*aug, *tail])
+
+
+def batch_mixer(cfg: FinetuneConfig, n_classes: int) -> v2.Transform | None:
+    """Mixup and/or cutmix on (images, class ids) -> (images, soft targets (B, C))."""
+    mixers = [m(alpha=a, num_classes=n_classes)
+              for m, a in ((v2.MixUp, cfg.mixup), (v2.CutMix, cfg.cutmix)) if a > 0]  # fmt: skip
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 @torch.no_grad()
@@ -119,9 +136,11 @@ def finetune(
     """Trains, evaluates on ``val`` after every epoch, writes OUT/metrics.jsonl, OUT/last.pt
     and OUT/results.json (rank 0); returns the final results."""
     out = Path(out)
+    multilabel = train.multilabel
+    if multilabel and (cfg.mixup or cfg.cutmix):
+        raise LabelledDataError("mixup / cutmix are for multi-class data (the paper's Table 2)")
     d = distributed.setup("auto")
     torch.manual_seed(cfg.seed)
-    multilabel = train.multilabel
     model = Classifier(copy.deepcopy(enc.backbone), len(train.classes), multilabel).to(d.device)
     model.backbone.requires_grad_(not cfg.frozen)
     wrapped = DistributedDataParallel(model) if d.world > 1 else model
@@ -140,6 +159,7 @@ def finetune(
     cosine = lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     loss_fn, start = _loss(cfg, multilabel), 0
+    mix = batch_mixer(cfg, len(train.classes))
     if resume and (out / "last.pt").exists():
         state = torch.load(out / "last.pt", map_location=d.device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -150,6 +170,7 @@ def finetune(
         out.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
     for epoch in range(start, cfg.epochs):
+        torch.manual_seed(hash((cfg.seed, epoch)) & 0x7FFF_FFFF)  # shuffling, workers, mixing
         if sampler is not None:
             sampler.set_epoch(epoch)
         wrapped.train()
@@ -157,29 +178,35 @@ def finetune(
             model.backbone.eval()  # no dropout / drop-path in a linear probe
         t0, losses = time.time(), []
         for x, y in train_loader:
+            if mix is not None:
+                x, y = mix(x, y)
             loss = loss_fn(wrapped(x.to(d.device)), y.to(d.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         metrics = evaluate(model, val_loader, multilabel, d.device)
         if d.is_main:
-            row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), **metrics,
-                   "epoch_s": time.time() - t0}  # fmt: skip
+            row = {"epoch": epoch + 1, "steps": len(losses), "loss": float(np.mean(losses)),
+                   **metrics, "epoch_s": time.time() - t0}  # fmt: skip
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
                      "scheduler": sched.state_dict(), "epoch": epoch + 1}  # fmt: skip
-            torch.save(state, out / "last.pt")
+            torch.save(state, out / "last.pt.tmp")
+            (out / "last.pt.tmp").replace(out / "last.pt")  # a kill never leaves half a file
     if not metrics:  # resumed a finished run: just evaluate it
         metrics = evaluate(model, val_loader, multilabel, d.device)
+    digests = distributed.all_gather_object(params_digest(model))
     results = {
         "task": "multilabel" if multilabel else "multiclass",
         "classes": train.classes,
         "train_images": len(train.paths),
         "val_images": len(val.paths),
         "config": asdict(cfg),
+        "world_size": d.world,
+        "ranks_in_sync": len(set(digests)) == 1,
         **metrics,
     }
     if d.is_main:
