@@ -68,12 +68,12 @@ def _form(jobs: Jobs) -> None:
     with st.form("launch"):
         names = recipes()
         recipe = st.selectbox("Recipe", names, index=names.index("smoke"), key="recipe")
-        data = st.text_input("Data (folder, file list, samples, synthetic:N; empty = recipe's)",
-                             key="train_data")  # fmt: skip
+        data = st.text_input("Data (folder, file list, samples, synthetic:N, cache:FILE.npy; "
+                             "empty = recipe's)", key="train_data")  # fmt: skip
         default_out = str(runs_dir() / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
         out = st.text_input("Output folder", key="train_out", placeholder=default_out)
         text = st.text_area("Overrides (key=value, one per line)", key="overrides",
-                            placeholder="optim.epochs=5\nmodel.num_concepts=1024")  # fmt: skip
+                            placeholder="optim.epochs=5\ndata.pipeline=device")  # fmt: skip
         go_ = st.form_submit_button("Start training", type="primary")
     if not go_:
         return
