@@ -67,15 +67,15 @@ def resized_crops(
 
     images: (n, 3, H, W) uint8, or a list of n (3, Hi, Wi) uint8 of different sizes;
     boxes: (V * n, 4) view-major -> (V * n, 3, size, size) float in [0, 1]."""
-    n = len(images)
-    owner = torch.arange(boxes.shape[0], device=boxes.device) % n
+    n, m, dev = len(images), boxes.shape[0], boxes.device
     if isinstance(images, torch.Tensor):
+        owner = torch.arange(m, device=dev) % n
         rois = torch.cat([owner[:, None].to(boxes), boxes], 1)
         return roi_align(images.float() / 255, rois, size, 1.0, -1, aligned=True)
-    out = torch.empty(boxes.shape[0], 3, size, size, device=boxes.device)
+    out = torch.empty(m, 3, size, size, device=dev)
     for i, img in enumerate(images):  # one call per image: all of its views at once
-        sel = (owner == i).nonzero()[:, 0]
-        rois = torch.cat([torch.zeros(len(sel), 1, device=boxes.device), boxes[sel]], 1)
+        sel = torch.arange(i, m, n, device=dev)  # its rows (view-major), no device sync
+        rois = torch.cat([torch.zeros(len(sel), 1, device=dev), boxes[sel]], 1)
         out[sel] = roi_align(img[None].float() / 255, rois, size, 1.0, -1, aligned=True)
     return out
 
