@@ -352,7 +352,8 @@ def run_loader(tr: Trainer, n: int, dev: torch.device) -> dict[str, Any]:
     def batches(epoch: int) -> Iterator[dict]:
         while True:
             tr.data.sampler.set_epoch(epoch)
-            yield from tr.data.loader
+            for k, b in enumerate(tr.data.loader):  # + the device part of data.pipeline=device
+                yield tr.data.views(b, epoch * spe + k, dev)
             epoch += 1
 
     res["loader_workers"] = cfg.data.workers
@@ -366,6 +367,7 @@ def run_loader(tr: Trainer, n: int, dev: torch.device) -> dict[str, Any]:
     t0 = time.perf_counter()
     for _ in range(n):
         next(it)
+    sync(dev)
     dt = time.perf_counter() - t0
     res["loader_samples_per_s"] = n * bs / dt
     res["loader_images_per_s"] = n * bs * cfg.data.global_crops / dt
