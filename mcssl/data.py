@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from mcssl.config import Config
-from mcssl.imagecache import CachedImage, CacheError, cache_items
-from mcssl.images import IMAGE_EXTENSIONS, ImageError, find_images, load_rgb, sample_photos
+from mcssl.imagecache import CachedImage, CacheError, cache_items, load_item
+from mcssl.images import IMAGE_EXTENSIONS, ImageError, find_images, sample_photos
 from mcssl.scenes import make_scenes
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,7 @@ class UnlabelledImages(Dataset):
         return len(self.items) * self.repeat
 
     def _load(self, i: int) -> Image.Image:
-        item = self.items[i % len(self.items)]
-        if isinstance(item, CachedImage):
-            return Image.fromarray(item.array())
-        return item if isinstance(item, Image.Image) else load_rgb(item, self.max_pixels)
+        return load_item(self.items[i % len(self.items)], self.max_pixels)
 
     def _first_readable(self, i: int, load: Callable[[int], object]) -> tuple[object, int]:
         """load(i), or of the next readable item; -> (what it returned, items skipped)."""
@@ -330,6 +327,13 @@ def build_data(cfg: Config, rank: int, world: int, cuda: bool) -> DataBundle:
     )
     views = DeviceViews(cfg, rank) if device_path else plain_views
     return DataBundle(loader, sampler, steps, desc, views)
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> normalised for the model (as v2.Normalize(MEAN, STD))."""
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def denormalise(x: torch.Tensor) -> torch.Tensor:

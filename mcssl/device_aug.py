@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from mcssl.data import MEAN, STD
+from mcssl.data import normalise
 
 JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
 P_JITTER, P_GREY, P_BLUR, P_FLIP = 0.8, 0.2, 0.5, 0.5
@@ -175,6 +175,4 @@ def augment_views(
     sigma = torch.empty(n).uniform_(0.1, 2.0, generator=gen)
     blur = (u[3] < P_BLUR).to(dev)
     x = torch.where(blur.view(-1, 1, 1, 1), gaussian_blur(x, sigma, k), x)
-    mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=dev).view(1, 3, 1, 1)
-    return list(((x - mean) / std).split(b))
+    return list(normalise(x).split(b))

@@ -51,12 +51,18 @@ def square(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
-def _load(item: Path | Image.Image, size: int, max_pixels: int) -> np.ndarray | str:
+def load_item(item: Path | Image.Image | CachedImage, max_pixels: int) -> Image.Image:
+    """Any data item (a file, an image in memory, an image of a cache) -> RGB image."""
+    if isinstance(item, CachedImage):
+        return Image.fromarray(item.array())
+    return item if isinstance(item, Image.Image) else load_rgb(item, max_pixels)
+
+
+def _square_item(item: Path | Image.Image | CachedImage, size: int, mp: int) -> np.ndarray | str:
     try:
-        img = item if isinstance(item, Image.Image) else load_rgb(item, max_pixels)
+        return square(load_item(item, mp), size)
     except ImageError as e:
         return str(e)
-    return square(img, size)
 
 
 @lru_cache(maxsize=8)
@@ -111,7 +117,7 @@ def build_cache(
     n, skipped = 0, []
     with ProcessPoolExecutor(max(1, workers)) as pool:
         args = ([size] * len(items), [max_pixels] * len(items))
-        for got in pool.map(_load, items, *args, chunksize=16):
+        for got in pool.map(_square_item, items, *args, chunksize=16):
             if isinstance(got, str):
                 skipped.append(got)
                 log.warning("cache: skipping %s", got)
