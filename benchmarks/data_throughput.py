@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from mcssl.config import load_config
-from mcssl.data import build_data
-from mcssl.imagecache import build_cache
 from mcssl.train import Trainer
+from mcssl.train.data import build_data
+from mcssl.train.imagecache import build_cache
 
 
 def loader_rate(cfg, batches: int) -> float:

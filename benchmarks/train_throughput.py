@@ -41,11 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import mcssl.train as mtrain
+import mcssl.train.loop as mtrain
 from mcssl.config import load_config
-from mcssl.data import resolve_items
-from mcssl.gmml import gmml_corrupt
-from mcssl.train import Trainer, resolve_precision
+from mcssl.train.gmml import gmml_corrupt
+from mcssl.train.loop import Trainer, resolve_precision
+from mcssl.train.sources import resolve_items
 
 
 # ---- timing helpers ------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import sys
 
 def _train(args: argparse.Namespace) -> int:
     from mcssl.config import apply_overrides, load_config
+    from mcssl.evaluation.online import online_monitors
     from mcssl.train import load_run_config, train
 
     if args.config:
@@ -18,7 +19,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = apply_overrides(load_run_config(args.out), args.overrides)
     else:
         raise SystemExit("mcssl train: error: --config is required (unless --resume)")
-    summary = train(cfg, args.out, resume=args.resume)
+    summary = train(cfg, args.out, resume=args.resume, monitors=online_monitors(cfg))
     if int(os.environ.get("RANK", 0)) == 0:
         done = "stopped after" if summary["stopped"] else "trained"
         print(f"mcssl: {done} {summary['steps']} steps in {summary['wall_s']:.1f}s -> {args.out}")
@@ -230,7 +231,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from mcssl.imagecache import build_cache
+    from mcssl.train.imagecache import build_cache
 
     info = build_cache(args.data, args.out, args.size, args.workers)
     print(
@@ -382,14 +383,13 @@ def _subparsers(parser: argparse.ArgumentParser, prefix: str = ""):
 def _user_errors() -> tuple[type[Exception], ...]:
     from mcssl.checkpoint import CheckpointError
     from mcssl.config import ConfigError
-    from mcssl.data import DataError
     from mcssl.evaluation.concepts import BenchmarkError
     from mcssl.evaluation.knn import LabelledDataError
     from mcssl.explore.encoder import EncoderError
     from mcssl.explore.index import TokenIndexError
-    from mcssl.imagecache import CacheError
     from mcssl.images import ImageError
     from mcssl.train import TrainError
+    from mcssl.train.sources import CacheError, DataError
 
     return (
         ConfigError,

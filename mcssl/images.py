@@ -1,14 +1,18 @@
-"""Robust image loading shared by training and exploration: anything Pillow reads -> RGB."""
+"""Shared by training and exploration: robust image loading (anything Pillow reads -> RGB) and
+the normalisation every model here uses."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 100_000_000
+MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: every model here is normalised with them
+STD = (0.229, 0.224, 0.225)
 
 
 class ImageError(ValueError):
@@ -91,3 +95,17 @@ def sample_photos() -> dict[str, Image.Image]:
     for fname, arr in zip(sk.filenames, sk.images, strict=True):
         photos[Path(fname).stem] = Image.fromarray(arr)
     return photos
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> normalised for the model (as v2.Normalize(MEAN, STD))."""
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def denormalise(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) normalised -> [0, 1]."""
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x.float() * std + mean).clamp(0, 1)

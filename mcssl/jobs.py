@@ -5,6 +5,9 @@ for its whole life, runs ``mcssl train`` (argument lists only, never a shell), e
 teacher to ``OUT/teacher.safetensors`` when training ends, and records every state change in
 ``job.json``. So a page reload, a second browser tab or a restarted app all see the same job,
 and a second job cannot start while one runs.
+
+This module is the app's one door into training: it also hands on the device description and
+the collapse advice that the Train page shows, so the app imports nothing from mcssl.train.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from mcssl.train.distributed import describe_device
+from mcssl.train.monitor import warning as collapse_warning
 
 EXPORT_NAME = "teacher.safetensors"
 LOG_NAME = "train.log"
@@ -189,3 +195,6 @@ def _last_error(log: Path) -> str:
 
 if __name__ == "__main__":
     sys.exit(run(Path(sys.argv[1])))
+
+
+__all__ = ["Job", "JobError", "Jobs", "collapse_warning", "describe_device", "run"]

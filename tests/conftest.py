@@ -22,10 +22,12 @@ def tiny_model_cfg(smoke_cfg: Config) -> ModelConfig:
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder trained for one epoch of the smoke recipe (shared by the whole session)."""
+    from mcssl.evaluation.online import online_monitors
     from mcssl.train import train
 
     out = tmp_path_factory.mktemp("smoke") / "run"
-    train(load_config("smoke", ["optim.epochs=1"]), out)
+    cfg = load_config("smoke", ["optim.epochs=1"])
+    train(cfg, out, monitors=online_monitors(cfg))
     return out
 
 

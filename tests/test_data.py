@@ -10,14 +10,9 @@ import torch
 from PIL import Image
 
 from mcssl.config import load_config
-from mcssl.data import (
-    DataError,
-    ResumableDistributedSampler,
-    UnlabelledImages,
-    build_data,
-    resolve_items,
-)
 from mcssl.images import ImageError, find_images, load_rgb
+from mcssl.train.data import ResumableDistributedSampler, UnlabelledImages, build_data
+from mcssl.train.sources import DataError, resolve_items
 
 
 def test_sampler_splits_ranks_disjointly_and_resumes_mid_epoch() -> None:

@@ -14,11 +14,18 @@ from torchvision.transforms.v2 import functional as TF
 
 from mcssl.cli import main
 from mcssl.config import load_config
-from mcssl.data import DataError, build_data, denormalise, resolve_items
-from mcssl.device_aug import adjust_hue, augment_views, crop_boxes, gaussian_blur, resized_crops
-from mcssl.imagecache import CacheError, build_cache, square
-from mcssl.images import sample_photos
+from mcssl.images import denormalise, sample_photos
 from mcssl.train import Trainer, train
+from mcssl.train.data import build_data
+from mcssl.train.device_aug import (
+    adjust_hue,
+    augment_views,
+    crop_boxes,
+    gaussian_blur,
+    resized_crops,
+)
+from mcssl.train.imagecache import build_cache, square
+from mcssl.train.sources import CacheError, DataError, resolve_items
 
 
 def test_hue_rotation_matches_torchvision_per_image() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from mcssl.gmml import GMMLParams, gmml_corrupt
+from mcssl.train.gmml import GMMLParams, gmml_corrupt
 
 GRIDS = [(32, 32, 8, 8), (64, 64, 8, 6), (224, 224, 16, 4), (32, 48, 8, 5)]  # H, W, patch, B
 SEEDS = [0, 1, 123]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mcssl.config import load_config
-from mcssl.gmml import GMMLParams, gmml_corrupt
 from mcssl.train import train
+from mcssl.train.gmml import GMMLParams, gmml_corrupt
 
 pytestmark = pytest.mark.gpu
 
@@ -54,8 +54,8 @@ def test_nvjpeg_decode_matches_the_cpu_and_device_views_run(tmp_path: Path) -> N
     require_cuda()
     import numpy as np
 
-    from mcssl.data import RawImages, _decode_jpegs, build_data
     from mcssl.images import load_rgb, sample_photos
+    from mcssl.train.data import RawImages, _decode_jpegs, build_data
 
     for name, img in sample_photos().items():
         img.save(tmp_path / f"{name}.jpg", quality=90)

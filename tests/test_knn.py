@@ -13,6 +13,7 @@ from PIL import Image
 from mcssl.cli import main
 from mcssl.config import ConfigError, load_config
 from mcssl.evaluation.knn import ImageFolder, LabelledDataError, knn_classify, topk_accuracy
+from mcssl.evaluation.online import online_monitors
 from mcssl.scenes import SceneSpec, make_scenes
 from mcssl.train import train
 
@@ -57,7 +58,8 @@ def test_online_knn_agrees_with_offline_knn(tmp_path: Path, capsys) -> None:
         pytest.fail("the seeds should give the same classes in both folders")
     run = tmp_path / "run"
     over = ["optim.epochs=1", f"run.knn_train={tr}", f"run.knn_val={va}", "run.monitor_every=9"]
-    train(load_config("smoke", over), run)
+    cfg = load_config("smoke", over)
+    train(cfg, run, monitors=online_monitors(cfg))
     last = [json.loads(line) for line in (run / "metrics.jsonl").open()][-1]
     assert last["step"] == 9 and 0 <= last["knn_top1"] <= last["knn_top5"] <= 1
     out = tmp_path / "knn.json"

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mcssl import monitor
 from mcssl.config import load_config
-from mcssl.train import Trainer
+from mcssl.train import Trainer, monitor
 
 
 def test_concept_health_on_hand_made_distributions() -> None:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mcssl.models import Student
-from mcssl.schedules import cosine_schedule, warmup_constant
-from mcssl.train import build_schedules, param_groups
+from mcssl.train.loop import build_schedules, param_groups
+from mcssl.train.schedules import cosine_schedule, warmup_constant
 
 
 # ---- cosine_schedule --------------------------------------------------------------------

@@ -13,10 +13,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from common import runs_dir
 
-from mcssl import monitor
 from mcssl.config import CONFIG_DIR, ConfigError, load_config
-from mcssl.distributed import describe_device
-from mcssl.jobs import Job, JobError, Jobs
+from mcssl.jobs import Job, JobError, Jobs, collapse_warning, describe_device
 
 LOSSES = ("loss", "loss_recon", "loss_concept", "loss_cls")
 
@@ -109,7 +107,7 @@ def _status(job: Job) -> None:
     cols[1].metric("images/s", f"{rows[-1]['images_per_s']:.1f}" if rows else "-")
     cols[2].metric("device", describe_device(cfg.run.device if cfg else "auto"))
     if rows and rows[-1].get("collapse"):
-        st.warning(monitor.warning(rows[-1]["collapse"]))
+        st.warning(collapse_warning(rows[-1]["collapse"]))
     if rows:
         st.plotly_chart(loss_figure(rows), key="losses")
         health = [r for r in rows if "concepts_in_use" in r]

@@ -26,15 +26,13 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from torchvision.transforms import v2
 
-from mcssl import distributed
-from mcssl.data import MEAN, STD
 from mcssl.evaluation.datasets import Labelled
 from mcssl.evaluation.knn import LabelledDataError, topk_accuracy
 from mcssl.evaluation.multilabel import multilabel_metrics
 from mcssl.explore.encoder import Encoder
-from mcssl.images import ImageError, load_rgb
+from mcssl.images import MEAN, STD, ImageError, load_rgb
 from mcssl.losses.asl import AsymmetricLoss
-from mcssl.train import params_digest
+from mcssl.train import distributed
 
 
 @dataclass
@@ -198,7 +196,7 @@ def finetune(
             (out / "last.pt.tmp").replace(out / "last.pt")  # a kill never leaves half a file
     if not metrics:  # resumed a finished run: just evaluate it
         metrics = evaluate(model, val_loader, multilabel, d.device)
-    digests = distributed.all_gather_object(params_digest(model))
+    digests = distributed.all_gather_object(distributed.params_digest(model))
     results = {
         "task": "multilabel" if multilabel else "multiclass",
         "classes": train.classes,

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mcssl.data import MEAN, STD
 from mcssl.explore.encoder import Encoder
+from mcssl.images import MEAN, STD
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The SiT / DINO view augmentations, batched on the training device.
 
-The same recipe as ``mcssl.data.sit_augment`` (random resized crop, flip, colour jitter 0.4 /
+The same recipe as ``mcssl.train.data.sit_augment`` (random resized crop, flip, colour jitter 0.4 /
 0.4 / 0.2 / 0.1 with p 0.8, greyscale p 0.2, Gaussian blur p 0.5 with sigma in [0.1, 2]), but
 on uint8 image tensors already on the device, a whole batch per call, so that CPU workers only
 have to read (or decode) images. Random parameters are drawn on the CPU from a seeded
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from mcssl.data import normalise
+from mcssl.images import normalise
 
 JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
 P_JITTER, P_GREY, P_BLUR, P_FLIP = 0.8, 0.2, 0.5, 0.5

@@ -14,32 +14,15 @@ import json
 import logging
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from mcssl.images import ImageError, load_rgb
+from mcssl.images import ImageError
+from mcssl.train.sources import CachedImage, CacheError, load_item, open_cache, resolve_items
 
 log = logging.getLogger(__name__)
-
-
-class CacheError(ValueError):
-    """A cache that cannot be built or read; one-line message."""
-
-
-@dataclass(frozen=True)
-class CachedImage:
-    """One image of a cache, loaded lazily (cheap to hold a million of them)."""
-
-    file: str
-    index: int
-
-    def array(self) -> np.ndarray:
-        """-> (S, S, 3) uint8."""
-        return open_cache(self.file)[self.index]
 
 
 def square(img: Image.Image, size: int) -> np.ndarray:
@@ -51,48 +34,11 @@ def square(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
-def load_item(item: Path | Image.Image | CachedImage, max_pixels: int) -> Image.Image:
-    """Any data item (a file, an image in memory, an image of a cache) -> RGB image."""
-    if isinstance(item, CachedImage):
-        return Image.fromarray(item.array())
-    return item if isinstance(item, Image.Image) else load_rgb(item, max_pixels)
-
-
 def _square_item(item: Path | Image.Image | CachedImage, size: int, mp: int) -> np.ndarray | str:
     try:
         return square(load_item(item, mp), size)
     except ImageError as e:
         return str(e)
-
-
-@lru_cache(maxsize=8)
-def open_cache(file: str) -> np.ndarray:
-    """The cache array, memory-mapped read-only (once per process)."""
-    try:
-        arr = np.load(file, mmap_mode="r")
-    except (OSError, ValueError) as e:
-        raise CacheError(f"{file}: not a readable mcssl image cache ({e})") from None
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1] != arr.shape[2] or arr.shape[3] != 3:
-        raise CacheError(f"{file}: expected a uint8 (N, S, S, 3) array, found {arr.dtype} "
-                         f"{tuple(arr.shape)}")  # fmt: skip
-    count = _meta(file).get("count")  # rows past it are room left by skipped images
-    return arr if count is None else arr[: int(count)]
-
-
-def _meta(file: str) -> dict:
-    meta = Path(file).with_suffix(".json")
-    try:
-        return json.loads(meta.read_text()) if meta.exists() else {}
-    except (OSError, ValueError) as e:
-        raise CacheError(f"{meta}: unreadable cache description ({e})") from None
-
-
-def cache_items(file: str) -> tuple[list[CachedImage], str]:
-    """``cache:FILE`` as a data source -> items and a description."""
-    arr = open_cache(str(file))
-    source = _meta(file).get("source", "?")
-    desc = f"cache {file} ({arr.shape[0]} images at {arr.shape[1]} px of {source})"
-    return [CachedImage(str(file), i) for i in range(arr.shape[0])], desc
 
 
 def build_cache(
@@ -102,8 +48,6 @@ def build_cache(
     """Writes OUT (.npy) and OUT.json; unreadable images are left out and listed (their rows
     stay unused at the end of the file). -> the JSON written (count, size, source, skipped,
     seconds)."""
-    from mcssl.data import resolve_items
-
     out = Path(out)
     if out.suffix != ".npy":
         raise CacheError(f"{out}: the cache file name must end in .npy")

@@ -7,13 +7,13 @@ Only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,9 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mcssl import distributed, monitor
 from mcssl.checkpoint import atomic_save, load_training_state
 from mcssl.config import Config, ConfigError, config_from_dict, save_config
-from mcssl.data import build_data, denormalise
-from mcssl.gmml import GMMLParams, gmml_corrupt
+from mcssl.images import denormalise
 from mcssl.losses import (
     CenteredCrossEntropy,
     MultiViewCrossEntropy,
@@ -36,9 +34,16 @@ from mcssl.losses import (
     reconstruction_loss,
 )
 from mcssl.models import Student, Teacher, ema_pairs, ema_update
-from mcssl.schedules import cosine_schedule, warmup_constant
+from mcssl.train import distributed, monitor
+from mcssl.train.data import build_data
+from mcssl.train.gmml import GMMLParams, gmml_corrupt
+from mcssl.train.schedules import cosine_schedule, warmup_constant
 
 log = logging.getLogger(__name__)
+
+
+# (teacher backbone, step) -> named scores for metrics.jsonl; built above this layer (evaluation)
+Monitor = Callable[[torch.nn.Module, int], dict[str, float]]
 
 
 class TrainError(RuntimeError):
@@ -86,15 +91,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def params_digest(module: torch.nn.Module) -> str:
-    """sha256 of every parameter's bytes: equal digests mean bit-identical weights."""
-    h = hashlib.sha256()
-    for name, p in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def prepare_run_dir(out: Path, resume: bool) -> None:
     """Creates RUN_DIR; a clear error if it cannot be written or would be overwritten."""
     try:
@@ -112,8 +108,10 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, out: str | Path, resume: bool = False) -> None:
-        self.cfg, self.out = cfg, Path(out)
+    def __init__(
+        self, cfg: Config, out: str | Path, resume: bool = False, monitors: Sequence[Monitor] = ()
+    ) -> None:
+        self.cfg, self.out, self.monitors = cfg, Path(out), list(monitors)
         self.dist = distributed.setup(cfg.run.device)
         dev = self.dist.device
         self._prepare_run_dir(resume)
@@ -316,7 +314,7 @@ class Trainer:
         return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
     def _measure_health(self, s: dict, t: dict, x: torch.Tensor, mask: torch.Tensor, tt: float):
-        """Collapse signals at logging steps (a few softmaxes; see mcssl.monitor)."""
+        """Collapse signals at logging steps (a few softmaxes; see mcssl.train.monitor)."""
         p_t = self.patch_loss.teacher_probs(t["patch_logits"], tt)
         center = self.patch_loss.center.detach().float()
         drift = 0.0 if self.prev_center is None else float((center - self.prev_center).norm())
@@ -327,35 +325,6 @@ class Trainer:
             "center_norm": float(center.norm()),
             "center_drift": drift,
         }
-
-    @torch.no_grad()
-    def concept_score(self) -> dict[str, float]:
-        """Label-free quality: concept-discovery ARI / mIoU / NMI of the current teacher on a
-        fixed set of generated scenes (mcssl eval concepts, without baselines)."""
-        from mcssl.evaluation.concepts import encoder_features, score, synthetic
-        from mcssl.explore.encoder import Encoder
-
-        if not hasattr(self, "_scenes"):
-            self._scenes = synthetic(self.cfg.run.monitor_scenes, seed=12345)
-        enc = Encoder(self.teacher.backbone, None, None, 0.0, {}, f"step{self.step}")
-        feats = encoder_features(enc, min(self._scenes[0].image.size))(
-            [d.image for d in self._scenes]
-        )
-        got = score(feats, self._scenes, self.cfg.model.patch_size)
-        return {"concept_ari": got["ari"], "concept_miou": got["miou"], "concept_nmi": got["nmi"]}
-
-    @torch.no_grad()
-    def knn_score(self) -> dict[str, float]:
-        """Online kNN top-1 / top-5 of the current teacher on the user's labelled folders."""
-        from mcssl.evaluation.knn import ImageFolder, knn_eval
-        from mcssl.explore.encoder import Encoder
-
-        if not hasattr(self, "_knn_sets"):
-            rc = self.cfg.run
-            self._knn_sets = (ImageFolder.read(rc.knn_train), ImageFolder.read(rc.knn_val))
-        enc = Encoder(self.teacher.backbone, None, None, 0.0, {}, f"step{self.step}")
-        got = knn_eval(enc, *self._knn_sets, resolution=self.cfg.model.img_size)
-        return {"knn_top1": got["knn_top1"], "knn_top5": got["knn_top5"]}
 
     # ---- outputs -----------------------------------------------------------------------
     def write_metrics(self, sums: dict[str, torch.Tensor], n: int, wall: float, wait: float):
@@ -379,9 +348,8 @@ class Trainer:
         }
         every = self.cfg.run.monitor_every
         if every and (self.step % every == 0 or self.step == self.total_steps):
-            row.update(self.concept_score())
-            if self.cfg.run.knn_train:
-                row.update(self.knn_score())
+            for score in self.monitors:
+                row.update(score(self.teacher.backbone, self.step))
         kind = monitor.collapse(row)
         row["collapse"] = kind
         if kind and kind != self.collapsed:  # say it once per episode, not every log line
@@ -403,7 +371,7 @@ class Trainer:
         Image.fromarray(arr).save(self.out / "previews" / f"step_{self.step:07d}.png")
 
     def write_summary(self, started: float) -> dict[str, Any]:
-        digests = distributed.all_gather_object(params_digest(self.student))
+        digests = distributed.all_gather_object(distributed.params_digest(self.student))
         summary = {
             "steps": self.step,
             "epochs": self.step / self.data.steps_per_epoch,
@@ -491,11 +459,15 @@ class Trainer:
             self.save(keep_as=f"checkpoint-{done_epoch:04d}.pt" if keep else None)
 
 
-def train(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Runs (or resumes) a training run in ``out``; returns the summary."""
+def train(
+    cfg: Config, out: str | Path, resume: bool = False, monitors: Sequence[Monitor] = ()
+) -> dict[str, Any]:
+    """Runs (or resumes) a training run in ``out``; returns the summary. ``monitors`` score the
+    teacher every ``run.monitor_every`` steps (``mcssl.evaluation.online.online_monitors(cfg)``
+    builds the configured ones; ``mcssl train`` passes them)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub while training
     try:
-        return Trainer(cfg, out, resume).fit()
+        return Trainer(cfg, out, resume, monitors).fit()
     finally:
         distributed.teardown()
 
@@ -505,4 +477,4 @@ def load_run_config(out: str | Path) -> Config:
     return config_from_dict(load_training_state(Path(out) / "last.pt")["config"])
 
 
-__all__ = ["Trainer", "TrainError", "build_schedules", "load_run_config", "train"]
+__all__ = ["Monitor", "Trainer", "TrainError", "build_schedules", "load_run_config", "train"]

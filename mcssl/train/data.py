@@ -19,19 +19,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from mcssl.config import Config
-from mcssl.imagecache import CachedImage, CacheError, cache_items, load_item
-from mcssl.images import IMAGE_EXTENSIONS, ImageError, find_images, sample_photos
-from mcssl.scenes import make_scenes
+from mcssl.images import MEAN, STD, ImageError
+from mcssl.train.sources import CachedImage, DataError, load_item, resolve_items
 
 log = logging.getLogger(__name__)
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 MAX_CONSECUTIVE_FAILURES = 50
-
-
-class DataError(ValueError):
-    """A data problem the user can fix; one-line message."""
 
 
 def sit_augment(size: int, scale: tuple[float, float]) -> v2.Compose:
@@ -169,7 +162,7 @@ class DeviceViews:
         self.cfg, self.rank = cfg, rank
 
     def __call__(self, batch: dict, step: int, device: torch.device) -> dict:
-        from mcssl.device_aug import augment_views
+        from mcssl.train.device_aug import augment_views
 
         images, failed = batch["images"], batch["failed"]
         if isinstance(images, torch.Tensor):
@@ -231,56 +224,6 @@ class ResumableDistributedSampler(Sampler):
             yield self.epoch, i
 
 
-def _one_source(source: str) -> tuple[list[Path | Image.Image], str]:
-    if source.startswith("cache:"):
-        try:
-            return cache_items(source[len("cache:") :])
-        except CacheError as e:
-            raise DataError(str(e)) from None
-    if source == "samples":
-        photos = sample_photos()
-        return list(photos.values()), f"{len(photos)} scikit-image/scikit-learn photos"
-    if source.startswith("synthetic:"):
-        n, _, seed = source.split(":", 1)[1].partition(":")
-        try:
-            n_i, seed_i = int(n), int(seed or 0)
-        except ValueError:
-            raise DataError(f"{source}: expected synthetic:N or synthetic:N:SEED") from None
-        if n_i < 1:
-            raise DataError(f"{source}: N must be at least 1")
-        scenes = make_scenes(n_i, seed_i)
-        return [Image.fromarray(img) for img, _ in scenes], f"{n_i} synthetic scenes"
-    try:
-        files = find_images(source)
-    except FileNotFoundError as e:
-        raise DataError(str(e)) from None
-    if not files:
-        exts = ", ".join(IMAGE_EXTENSIONS)
-        raise DataError(f"no images found under {source} (looked for {exts}, recursively)")
-    return list(files), f"{source}: {len(files)} images"
-
-
-def resolve_items(path: str) -> tuple[list[Path | Image.Image], str]:
-    """data.path -> items and a short description of the data (saved in the export).
-
-    ``path`` is one source or several joined by ``+``; a source is ``samples`` (the bundled
-    photos), ``synthetic:N[:SEED]`` (generated scenes), ``cache:FILE.npy`` (built by ``mcssl
-    cache``), a folder or a .txt file list, and may
-    end in ``*M`` to repeat its items M times (to weight a small source against a large one)."""
-    items: list[Path | Image.Image] = []
-    descs = []
-    for part in path.split("+"):
-        source, _, times = part.strip().partition("*")
-        try:
-            m = int(times or 1)
-        except ValueError:
-            raise DataError(f"{part}: expected SOURCE*M with an integer M") from None
-        got, desc = _one_source(source)
-        items += got * max(1, m)
-        descs.append(desc + (f" x{m}" if m > 1 else ""))
-    return items, " + ".join(descs)
-
-
 def plain_views(batch: dict, step: int, device: torch.device) -> dict:
     return batch  # the plain path's workers made the views already
 
@@ -327,17 +270,3 @@ def build_data(cfg: Config, rank: int, world: int, cuda: bool) -> DataBundle:
     )
     views = DeviceViews(cfg, rank) if device_path else plain_views
     return DataBundle(loader, sampler, steps, desc, views)
-
-
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> normalised for the model (as v2.Normalize(MEAN, STD))."""
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def denormalise(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) normalised -> [0, 1]."""
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x.float() * std + mean).clamp(0, 1)

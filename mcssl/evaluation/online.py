@@ -1,0 +1,59 @@
+"""Online monitors: label-free quality of the teacher while it trains.
+
+Each monitor is a ``(teacher backbone, step) -> {name: score}`` callable that the training
+loop runs every ``run.monitor_every`` steps on rank 0 (``mcssl.train.Monitor``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mcssl.config import Config
+from mcssl.evaluation.concepts import encoder_features, score, synthetic
+from mcssl.evaluation.knn import ImageFolder, knn_eval
+from mcssl.explore.encoder import Encoder
+from mcssl.train import Monitor
+
+
+def _encoder(backbone: torch.nn.Module, step: int) -> Encoder:
+    return Encoder(backbone, None, None, 0.0, {}, f"step{step}")
+
+
+def concept_monitor(n_scenes: int, patch_size: int) -> Monitor:
+    """Concept-discovery ARI / mIoU / NMI on a fixed set of generated scenes (mcssl eval
+    concepts, without baselines)."""
+    scenes = []  # made at the first call: only the rank that writes metrics needs them
+
+    @torch.no_grad()
+    def run(backbone: torch.nn.Module, step: int) -> dict[str, float]:
+        scenes[:] = scenes or synthetic(n_scenes, seed=12345)
+        feats = encoder_features(_encoder(backbone, step), min(scenes[0].image.size))(
+            [d.image for d in scenes]
+        )
+        got = score(feats, scenes, patch_size)
+        return {"concept_ari": got["ari"], "concept_miou": got["miou"], "concept_nmi": got["nmi"]}
+
+    return run
+
+
+def knn_monitor(train_dir: str, val_dir: str, resolution: int) -> Monitor:
+    """kNN top-1 / top-5 on the user's labelled folders."""
+    sets = (ImageFolder.read(train_dir), ImageFolder.read(val_dir))
+
+    @torch.no_grad()
+    def run(backbone: torch.nn.Module, step: int) -> dict[str, float]:
+        got = knn_eval(_encoder(backbone, step), *sets, resolution=resolution)
+        return {"knn_top1": got["knn_top1"], "knn_top5": got["knn_top5"]}
+
+    return run
+
+
+def online_monitors(cfg: Config) -> list[Monitor]:
+    """The monitors ``cfg.run`` asks for (none when ``run.monitor_every`` is 0)."""
+    rc = cfg.run
+    if not rc.monitor_every:
+        return []
+    monitors = [concept_monitor(rc.monitor_scenes, cfg.model.patch_size)]
+    if rc.knn_train:
+        monitors.append(knn_monitor(rc.knn_train, rc.knn_val, cfg.model.img_size))
+    return monitors
