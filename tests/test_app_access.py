@@ -71,7 +71,7 @@ def test_no_content_image_or_index_without_the_token(env: Path) -> None:
 def test_a_wrong_token_is_refused_and_logged_without_the_token(
     env: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, "mcssl.app"):
+    with caplog.at_level(logging.DEBUG):  # the tokens must not be in the log at any level
         at = _app(token=WRONG)
         assert [e.value for e in at.error] == ["Wrong token."]
         _only_login(at)
@@ -117,6 +117,26 @@ def test_on_loopback_the_app_opens_without_a_token_unless_one_is_set(
     monkeypatch.setenv("MCSSL_APP_TOKEN", TOKEN)
     _only_login(_app("Train"))
     _logged_in(_app("Train", TOKEN))
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "", "10.1.2.3"])
+def test_a_server_bound_beyond_loopback_asks_for_a_token_by_itself(
+    env: Path, monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    from streamlit import config
+
+    monkeypatch.delenv("MCSSL_APP_EXPOSED")
+    monkeypatch.delenv("MCSSL_APP_TOKEN")
+    monkeypatch.setattr(access, "_generated", None)
+    _logged_in(_app("Train"))  # .streamlit/config.toml's 127.0.0.1: open
+    before = config.get_option("server.address")
+    try:
+        config.set_option("server.address", address)
+        _only_login(_app("Train"))
+        assert access._generated
+        _logged_in(_app("Train", access._generated))
+    finally:
+        config.set_option("server.address", before)
 
 
 def test_a_generated_token_is_logged_once_and_opens_the_app(

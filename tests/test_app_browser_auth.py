@@ -1,9 +1,9 @@
 """The exposed app in a real browser (Debian chromium via playwright): the Docker image's
-command (`python -m mcssl.access streamlit run app/main.py`) on 127.0.0.1, told it is exposed
-(MCSSL_APP_EXPOSED=1). Before the token: the login only, no image, no media request, no index;
-a wrong token is refused and logged; `?token=` (read from the server log, where the launcher
-printed it) opens the app and leaves the address bar; paths outside MCSSL_DATA_ROOTS are
-refused; training is switched off."""
+command (`python -m mcssl.access streamlit run app/main.py --server.address=0.0.0.0`), reached
+through 127.0.0.1; it finds out by itself that it is exposed. Before the token: the login
+only, no image, no media request, no index; a wrong token is refused and logged; `?token=`
+(read from the server log, where the launcher printed it) opens the app and leaves the
+address bar; paths outside MCSSL_DATA_ROOTS are refused; training is switched off."""
 
 from __future__ import annotations
 
@@ -33,12 +33,12 @@ def exposed(tmp_path: Path) -> Iterator[tuple[str, str, Path, Path]]:
     allowed.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCSSL_")}
     env |= {"MCSSL_RUNS": str(allowed / "runs"), "MCSSL_DATA_ROOTS": str(allowed),
-            "MCSSL_APP_EXPOSED": "1", "MCSSL_APP_TRAINING": "0"}  # fmt: skip
+            "MCSSL_APP_TRAINING": "0"}  # fmt: skip
     env["PYTHONPATH"] = str(ROOT)
     log_path = tmp_path / "app.log"
     log = open(log_path, "wb")  # noqa: SIM115
     cmd = [sys.executable, "-m", "mcssl.access", sys.executable, "-m", "streamlit", "run",
-           "app/main.py", "--server.port", str(port)]  # fmt: skip
+           "app/main.py", "--server.address=0.0.0.0", f"--server.port={port}"]  # fmt: skip
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
