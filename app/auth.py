@@ -38,7 +38,7 @@ def gate() -> None:
         return
     if "token" in st.query_params:
         given = st.query_params["token"]
-        del st.query_params["token"]  # not left in the address bar or the browser history
+        del st.query_params["token"]  # not left in the address bar
         if _offer(rules_, given, "URL"):
             return
     st.header("mcssl concept explorer")

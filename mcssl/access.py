@@ -35,6 +35,7 @@ CONTAINER_ROOTS = ("/runs", "/data", "/checkpoints")  # the Docker image's volum
 SHORT_TOKEN = 16  # characters; shorter tokens are accepted with a warning in the log
 
 _generated: str | None = None  # this process's token when none was given
+_warned_short = False
 
 
 class PathRefused(ValueError):
@@ -71,10 +72,11 @@ def new_token() -> str:
 
 def server_token(env: Mapping[str, str]) -> str:
     """``MCSSL_APP_TOKEN``, or this process's own token (made and logged once)."""
-    global _generated
+    global _generated, _warned_short
     given = env.get(TOKEN_ENV, "").strip()
     if given:
-        if len(given) < SHORT_TOKEN:
+        if len(given) < SHORT_TOKEN and not _warned_short:
+            _warned_short = True  # once, not at every rerun
             log.warning("%s is shorter than %d characters: easy to guess", TOKEN_ENV, SHORT_TOKEN)
         return given
     if _generated is None:

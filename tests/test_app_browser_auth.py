@@ -94,7 +94,7 @@ def test_exposed_app_lets_in_only_the_token(exposed, page, tmp_path: Path) -> No
     page.get_by_role("heading", name="mcssl · Explore").wait_for()
     page.get_by_text("k=4").first.wait_for()
     _idle(page)
-    page.wait_for_url(lambda u: "token" not in u)  # taken out of the address bar and history
+    page.wait_for_url(lambda u: "token" not in u)  # taken out of the address bar
     assert page.locator("img").count() >= 6 and media
     assert all(len(i) == 32 for i in media)  # 128-bit content hashes
     assert _status(f"{url}/media/{'0' * 32}.png") == 404  # nothing to guess
