@@ -95,8 +95,7 @@ def test_the_right_token_in_the_url_or_the_form_opens_every_page(env: Path) -> N
     at.session_state["token"] = ("astronaut", 3, 4)
     at.run()
     _logged_in(at)
-    assert len(at.session_state["hits"]) == 12
-    assert list((env / "runs" / ".cache" / "index").glob("*/images.json"))
+    assert len(at.session_state["hits"]) == 12  # the index (maybe cached by an earlier test)
 
     at = _app("Concepts")
     _only_login(at)
