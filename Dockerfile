@@ -1,6 +1,7 @@
 # mcssl on a GPU server: the concept explorer by default, or `mcssl train` / `torchrun`.
 #   docker build -t mcssl .
-#   docker run --gpus all -p 8501:8501 -v $PWD/runs:/runs -v /data:/data mcssl
+#   docker run --gpus all -p 127.0.0.1:8501:8501 -v $PWD/runs:/runs -v /data:/data mcssl
+#   docker logs CONTAINER 2>&1 | grep "app token"   # printed once at start; or -e MCSSL_APP_TOKEN
 #   docker run --gpus all --shm-size 16g -v $PWD/runs:/runs -v /data:/data mcssl \
 #     torchrun --nproc_per_node 8 -m mcssl train --config paper_vits16 --out /runs/vits16 data.path=/data
 # The torch wheels carry their own CUDA libraries; the base image only brings the driver hooks.
@@ -48,4 +49,8 @@ VOLUME ["/runs", "/data", "/checkpoints"]
 EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
     CMD ["curl", "-fsS", "--max-time", "4", "http://127.0.0.1:8501/_stcore/health"]
-CMD ["streamlit", "run", "app/main.py", "--server.address=0.0.0.0", "--server.port=8501"]
+# Bound to 0.0.0.0 inside the container, the app asks for a token (MCSSL_APP_TOKEN, or one made
+# and printed by mcssl.access at start) and reads paths under /runs, /data and /checkpoints only
+# (MCSSL_DATA_ROOTS); MCSSL_APP_TRAINING=0 switches its Train page off. docs/DOCKER.md.
+CMD ["python", "-m", "mcssl.access", \
+     "streamlit", "run", "app/main.py", "--server.address=0.0.0.0", "--server.port=8501"]

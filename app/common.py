@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
+from auth import PathRefused, checked
 
 from mcssl.explore.encoder import DEFAULT_CHECKPOINT, Encoder, EncoderError, load_encoder
 from mcssl.explore.features import FeatureExtractor, ImageFeatures, Settings
@@ -153,6 +154,12 @@ def _model_sidebar() -> tuple[str, float] | None:
     picked = st.sidebar.selectbox("Checkpoint", choices, key="checkpoint")
     typed = st.sidebar.text_input("…or a path", key="checkpoint_path", placeholder="/path/to/ckpt")
     spec = typed.strip() or picked
+    if typed.strip() not in ("", "default"):  # the bundled checkpoint is always allowed
+        try:
+            spec = str(checked(spec))
+        except PathRefused as e:
+            st.error(str(e))
+            return None
     return spec, _stamp(spec)
 
 
@@ -166,7 +173,7 @@ def _image_sidebar() -> Gallery | None:
         if not path:
             st.info("Type a folder path in the sidebar.")
             return None
-        p = Path(path).expanduser()
+        p = checked(path)
         return folder_gallery(str(p), p.stat().st_mtime if p.exists() else 0.0)
     files = st.sidebar.file_uploader(
         "Images", accept_multiple_files=True, key="uploads", type=None, help="PNG, JPEG, …"
@@ -191,13 +198,16 @@ def _settings_sidebar() -> tuple[tuple[int, ...], int, int, float, bool]:
 
 def context() -> Context | None:
     """Draws the sidebar; returns what the pages need, or None (a message is shown)."""
-    spec, stamp = _model_sidebar()
+    model = _model_sidebar()
     try:
         gallery = _image_sidebar()
-    except ImageError as e:
+    except (ImageError, PathRefused) as e:
         st.error(str(e))
         return None
     ks, res, layer, alpha, smooth = _settings_sidebar()
+    if model is None:
+        return None
+    spec, stamp = model
     try:
         ex = extractor(spec, stamp, res, layer)
     except EncoderError as e:

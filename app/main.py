@@ -9,6 +9,7 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the app's own modules
 
+import auth  # noqa: E402
 import common  # noqa: E402
 from views import concepts, explore, retrieve, train  # noqa: E402
 
@@ -20,6 +21,7 @@ PAGES = {
 }
 
 st.set_page_config(page_title="mcssl concept explorer", page_icon="🧩", layout="wide")
+auth.gate()  # nothing below runs without the token (when one is needed)
 page = st.sidebar.radio("Page", list(PAGES), key="page", horizontal=True)
 st.title(f"mcssl · {page}")
 if page == "Train":  # the Train page needs no model or images

@@ -38,6 +38,11 @@ def test_dockerfile_installs_them_runs_as_non_root_and_serves_the_app() -> None:
     assert re.search(r"^USER 1000", text, re.M) and "useradd" in text
     assert "EXPOSE 8501" in text and "/_stcore/health" in text
     assert '"--server.address=0.0.0.0"' in text and "app/main.py" in text
+    # the token launcher in front of streamlit, and the documented runs publish on loopback
+    assert re.search(r'CMD \["python", "-m", "mcssl.access",\s*\\?\s*"streamlit", "run"', text)
+    docs = (ROOT / "docs" / "DOCKER.md").read_text()
+    for doc in (text, docs):
+        assert "-p 127.0.0.1:8501:8501" in doc and "-p 8501:8501" not in doc
     assert re.search(r'VOLUME \["/runs", "/data", "/checkpoints"\]', text)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "runs", "build", ".git"} <= set(ignored)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
+from auth import PathRefused, check_training, rules
 from common import runs_dir
 
 from mcssl.config import CONFIG_DIR, ConfigError, load_config
@@ -79,8 +80,9 @@ def _form(jobs: Jobs) -> None:
     if data.strip():
         overrides.append(f"data.path={data.strip()}")
     try:
+        check_training(out.strip() or default_out, recipe, overrides)
         jobs.start(out.strip() or default_out, recipe, overrides)
-    except (ConfigError, JobError) as e:
+    except (ConfigError, JobError, PathRefused) as e:
         st.error(str(e))
         return
     st.rerun()
@@ -129,6 +131,9 @@ def _status(job: Job) -> None:
 
 
 def render() -> None:
+    if not rules().training:
+        st.info("Training from the app is switched off on this server (MCSSL_APP_TRAINING=0).")
+        return
     jobs = Jobs(runs_dir())
     job = jobs.current()
     st.caption(f"Runs folder: {runs_dir()}")
