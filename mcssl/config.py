@@ -58,7 +58,7 @@ class LossConfig:
     warmup_teacher_temp_epochs: int = 0
     center_momentum: float = 0.9
     cls_term: bool = False  # DINO image-level loss on the CLS token (reference code)
-    combine: str = "average"  # average | fixed | uncertainty
+    combine: str = "average"  # average (paper) | sum (reference code) | fixed | uncertainty
     recon_weight: float = 1.0  # used by combine=fixed
     concept_weight: float = 1.0
     cls_weight: float = 1.0
@@ -129,7 +129,7 @@ class Config:
 _CHOICES = {
     "loss.recon_type": ("l1", "mse"),
     "loss.recon_region": ("all", "corrupted"),
-    "loss.combine": ("average", "fixed", "uncertainty"),
+    "loss.combine": ("average", "sum", "fixed", "uncertainty"),
     "data.pipeline": ("plain", "device"),
     "run.device": ("auto", "cpu", "cuda"),
     "run.precision": ("auto", "fp32", "bf16", "fp16"),
