@@ -91,6 +91,9 @@ class OptimConfig:
     weight_decay_end: float = 0.4
     clip_grad: float = 3.0  # global norm; 0 disables
     freeze_last_layer_epochs: int = 1
+    # which last layers that freeze holds: patch (the concept head's) and/or cls (the CLS
+    # term's); the reference freezes only cls, the paper's concept head is the patch layer
+    freeze_last_layer_heads: list[str] = field(default_factory=lambda: ["patch", "cls"])
     momentum_teacher: float = 0.996
     momentum_teacher_end: float = 1.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -230,6 +233,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "data.path is empty: give an image folder, a file list or 'samples' "
             "(e.g. data.path=/data/images)"
+        )
+    bad = sorted(set(cfg.optim.freeze_last_layer_heads) - {"patch", "cls"})
+    if bad:
+        raise ConfigError(
+            f"optim.freeze_last_layer_heads takes 'patch' and/or 'cls', got {', '.join(bad)}"
         )
     if bool(cfg.run.knn_train) != bool(cfg.run.knn_val):
         raise ConfigError("the kNN monitor needs both run.knn_train and run.knn_val")

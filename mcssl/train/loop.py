@@ -298,7 +298,7 @@ class Trainer:
         if cfg.optim.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.clip_grad)
         if i < cfg.optim.freeze_last_layer_epochs * self.data.steps_per_epoch:
-            for p in self.student.concept_head.last_layers():
+            for p in self.student.concept_head.last_layers(cfg.optim.freeze_last_layer_heads):
                 p.grad = None
         self.scaler.step(self.optimizer)
         self.scaler.update()
