@@ -46,6 +46,9 @@ class GMMLConfig:
     drop_weight: float = 1.0  # relative frequency of each block transformation
     replace_weight: float = 1.0
     colour_weight: float = 1.0
+    choose_per: str = "block"  # block | image: one transformation per block, or per image (ref)
+    replace_ratio: list[float] = field(default_factory=list)  # choose_per=image: [] = ratio
+    drop_fill: str = "noise"  # noise | zeros (the reference; zeros = the mean colour)
 
 
 @dataclass
@@ -130,6 +133,8 @@ class Config:
 
 
 _CHOICES = {
+    "gmml.choose_per": ("block", "image"),
+    "gmml.drop_fill": ("noise", "zeros"),
     "loss.recon_type": ("l1", "mse"),
     "loss.recon_region": ("all", "corrupted"),
     "loss.combine": ("average", "sum", "fixed", "uncertainty"),
@@ -210,6 +215,11 @@ def validate(cfg: Config) -> None:
     if len(cfg.gmml.ratio) != 2 or not 0.0 <= lo <= hi < 1.0:
         raise ConfigError(
             f"gmml.ratio must be [low, high] with 0 <= low <= high < 1, got {cfg.gmml.ratio}"
+        )
+    rr = cfg.gmml.replace_ratio
+    if rr and (len(rr) != 2 or not 0.0 <= rr[0] <= rr[1] < 1.0):
+        raise ConfigError(
+            f"gmml.replace_ratio must be [] or [low, high] with 0 <= low <= high < 1, got {rr}"
         )
     if cfg.model.img_size % cfg.model.patch_size:
         raise ConfigError(

@@ -149,6 +149,9 @@ class Trainer:
             ratio=tuple(cfg.gmml.ratio),
             max_block_frac=cfg.gmml.max_block_frac,
             weights=(cfg.gmml.drop_weight, cfg.gmml.replace_weight, cfg.gmml.colour_weight),
+            drop_fill=cfg.gmml.drop_fill,
+            per_image=cfg.gmml.choose_per == "image",
+            replace_ratio=tuple(cfg.gmml.replace_ratio) if cfg.gmml.replace_ratio else None,
         )
         self.gen = torch.Generator(device=dev)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
