@@ -76,6 +76,11 @@ class DataConfig:
     local_size: int = 96
     global_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
     local_scale: list[float] = field(default_factory=lambda: [0.05, 0.25])
+    # per global view (view 1, view 2, ...; the last value repeats): blur and solarisation
+    # probabilities; the reference's asymmetric views are [1.0, 0.1] and [0.0, 0.2]
+    global_blur: list[float] = field(default_factory=lambda: [0.5])
+    global_solarize: list[float] = field(default_factory=lambda: [0.0])
+    local_blur: float = 0.5
     workers: int = 8
     # plain: workers decode + augment (PIL); device: workers only read, the augmentations run
     # batched on the training device and JPEGs are decoded there (nvjpeg) on CUDA
@@ -215,6 +220,14 @@ def validate(cfg: Config) -> None:
     if len(cfg.gmml.ratio) != 2 or not 0.0 <= lo <= hi < 1.0:
         raise ConfigError(
             f"gmml.ratio must be [low, high] with 0 <= low <= high < 1, got {cfg.gmml.ratio}"
+        )
+    d = cfg.data
+    probs = [*d.global_blur, *d.global_solarize, d.local_blur]
+    if not d.global_blur or not d.global_solarize or not all(0 <= q <= 1 for q in probs):
+        raise ConfigError(
+            "data.global_blur / global_solarize must be non-empty lists of probabilities in "
+            f"[0, 1] and data.local_blur one, got {d.global_blur}, {d.global_solarize}, "
+            f"{d.local_blur}"
         )
     rr = cfg.gmml.replace_ratio
     if rr and (len(rr) != 2 or not 0.0 <= rr[0] <= rr[1] < 1.0):

@@ -8,12 +8,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
+from torchvision.transforms import v2
 
 from mcssl.config import load_config
+from mcssl.images import denormalise, sample_photos
 from mcssl.losses import CenteredCrossEntropy
 from mcssl.models.heads import ConceptHead, WeightNormLinear
 from mcssl.train import Trainer
+from mcssl.train.data import UnlabelledImages, sit_augment
+from mcssl.train.device_aug import augment_views
 
 
 def test_last_layer_init_is_nn_linears_default() -> None:
@@ -83,3 +88,43 @@ def test_freeze_last_layer_heads_is_a_choice(tmp_path: Path) -> None:
         "patch",
         "cls",
     ]
+
+
+# ---- the reference's asymmetric global views, in both pipelines ----------------------------
+def _photo() -> Image.Image:
+    return next(iter(sample_photos().values()))
+
+
+def test_plain_views_follow_per_view_blur_and_solarisation() -> None:
+    cfg = load_config("reference_vits16", ["data.path=samples"])
+    augs = UnlabelledImages([_photo()], cfg, 0).global_augs
+    probs = [
+        {type(t).__name__: (t.p if hasattr(t, "p") else None) for t in a.transforms}
+        for a in augs
+    ]
+    blur = [[t.p for t in a.transforms if isinstance(t, v2.RandomApply)][-1] for a in augs]
+    assert blur == [1.0, 0.1]  # the blur RandomApply is the last one
+    assert "RandomSolarize" not in probs[0] and probs[1]["RandomSolarize"] == 0.2
+    torch.manual_seed(0)
+    solarised = denormalise(sit_augment(48, (0.5, 1.0), blur=0.0, solarize=1.0)(_photo()))
+    torch.manual_seed(0)
+    plain = denormalise(sit_augment(48, (0.5, 1.0), blur=0.0)(_photo()))
+    assert plain.max() > 0.8  # not vacuous: the photo has bright pixels
+    assert solarised.max() <= 127.5 / 255  # every value >= 128 inverted
+
+
+def test_device_views_follow_per_view_blur_and_solarisation() -> None:
+    imgs = (torch.rand(4, 3, 40, 40) * 255).to(torch.uint8)
+
+    def views(blur=(), sol=()):
+        return augment_views(imgs, 2, 16, (0.5, 1.0), torch.Generator().manual_seed(1), blur, sol)
+
+    default, explicit = views(), views([0.5, 0.5], [0.0, 0.0])
+    assert all(torch.equal(a, b) for a, b in zip(default, explicit, strict=True))
+    sharp, blurred = views([0.0, 0.0]), views([1.0, 0.0])
+    assert torch.equal(sharp[1], blurred[1])  # view 2 untouched
+    assert all(not torch.equal(a, b) for a, b in zip(sharp[0], blurred[0], strict=True))
+    sol = views([0.0, 0.0], [0.0, 1.0])
+    assert torch.equal(sol[0], sharp[0])
+    assert denormalise(sharp[1]).max() > 0.8
+    assert denormalise(sol[1]).max() < 128 / 255 + 1e-5  # float: values in [0.5, 128/255) stay
