@@ -99,8 +99,7 @@ def test_plain_views_follow_per_view_blur_and_solarisation() -> None:
     cfg = load_config("reference_vits16", ["data.path=samples"])
     augs = UnlabelledImages([_photo()], cfg, 0).global_augs
     probs = [
-        {type(t).__name__: (t.p if hasattr(t, "p") else None) for t in a.transforms}
-        for a in augs
+        {type(t).__name__: (t.p if hasattr(t, "p") else None) for t in a.transforms} for a in augs
     ]
     blur = [[t.p for t in a.transforms if isinstance(t, v2.RandomApply)][-1] for a in augs]
     assert blur == [1.0, 0.1]  # the blur RandomApply is the last one

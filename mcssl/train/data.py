@@ -61,9 +61,10 @@ class UnlabelledImages(Dataset):
         self.repeat = cfg.data.repeat
         self.n_global, self.n_local = cfg.data.global_crops, cfg.data.local_crops
         d, n = cfg.data, cfg.data.global_crops
+        blur, sol = per_view(d.global_blur, n), per_view(d.global_solarize, n)
         self.global_augs = [  # one per view: the views may differ (the reference's do)
-            sit_augment(cfg.model.img_size, tuple(d.global_scale), blur, sol)
-            for blur, sol in zip(per_view(d.global_blur, n), per_view(d.global_solarize, n))
+            sit_augment(cfg.model.img_size, tuple(d.global_scale), blur[v], sol[v])
+            for v in range(n)
         ]
         self.local_aug = sit_augment(d.local_size, tuple(d.local_scale), d.local_blur)
         self.max_pixels = cfg.data.max_image_pixels
