@@ -97,7 +97,8 @@ class OptimConfig:
     warmup_epochs: int = 10
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
-    clip_grad: float = 3.0  # global norm; 0 disables
+    clip_grad: float = 3.0  # max gradient norm; 0 disables
+    clip_mode: str = "global"  # global (one norm over all) | per_param (each; the reference)
     freeze_last_layer_epochs: int = 1
     # which last layers that freeze holds: patch (the concept head's) and/or cls (the CLS
     # term's); the reference freezes only cls, the paper's concept head is the patch layer
@@ -144,6 +145,7 @@ _CHOICES = {
     "loss.recon_region": ("all", "corrupted"),
     "loss.combine": ("average", "sum", "fixed", "uncertainty"),
     "data.pipeline": ("plain", "device"),
+    "optim.clip_mode": ("global", "per_param"),
     "run.device": ("auto", "cpu", "cuda"),
     "run.precision": ("auto", "fp32", "bf16", "fp16"),
 }

@@ -3,9 +3,14 @@ logits under bf16 autocast, which last layers the first epoch freezes."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -127,3 +132,77 @@ def test_device_views_follow_per_view_blur_and_solarisation() -> None:
     assert torch.equal(sol[0], sharp[0])
     assert denormalise(sharp[1]).max() > 0.8
     assert denormalise(sol[1]).max() < 128 / 255 + 1e-5  # float: values in [0.5, 128/255) stay
+
+
+# ---- gradient clipping and what the log says -------------------------------------------
+def _grads(trainer: Trainer, big: bool) -> dict[str, torch.Tensor]:
+    """Sets a known gradient on every student parameter -> a copy of them."""
+    g = torch.Generator().manual_seed(0)
+    for p in trainer.student.parameters():
+        p.grad = torch.randn(p.shape, generator=g) * (1.0 if big else 1e-4)
+    return {n: p.grad.clone() for n, p in trainer.student.named_parameters()}
+
+
+def test_clip_modes_log_the_norm_before_clipping(tmp_path: Path) -> None:
+    trainer = Trainer(load_config("smoke", ["optim.clip_grad=3.0"]), tmp_path / "c")
+    params = dict(trainer.student.named_parameters())
+    before = _grads(trainer, big=True)
+    want = torch.linalg.vector_norm(torch.stack([g.norm() for g in before.values()]))
+    norm, fired = trainer._clip_gradients()  # global
+    assert float(norm) == pytest.approx(float(want), rel=1e-5) and float(fired) == 1.0
+    after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params.values()]))
+    assert float(after) == pytest.approx(3.0, rel=1e-4)
+    for n, p in params.items():  # one common factor: directions kept
+        assert torch.allclose(p.grad, before[n] * 3.0 / want, rtol=1e-4, atol=1e-9), n
+
+    trainer.cfg.optim.clip_mode = "per_param"
+    before = _grads(trainer, big=True)
+    norm, fired = trainer._clip_gradients()
+    assert float(norm) == pytest.approx(float(want), rel=1e-5) and float(fired) == 1.0
+    for n, p in params.items():  # each on its own: big ones to 3.0, small ones untouched
+        if before[n].norm() > 3.0:
+            assert float(p.grad.norm()) == pytest.approx(3.0, rel=1e-4), n
+        else:
+            assert torch.equal(p.grad, before[n]), n
+    assert any(before[n].norm() <= 3.0 for n in params)  # not vacuous: both kinds exist
+
+    _grads(trainer, big=False)
+    assert float(trainer._clip_gradients()[1]) == 0.0  # small gradients: no clip
+
+
+DDP_PROBE = """
+import json, os, sys
+import torch
+from mcssl.config import load_config
+from mcssl.train import Trainer
+from mcssl.train import distributed
+
+out = sys.argv[1]
+trainer = Trainer(load_config("smoke", ["data.repeat=16", "run.log_every=1"]), out)
+batch = trainer.data.views(next(iter(trainer.data.loader)), 0, trainer.dist.device)
+terms = trainer.train_step(batch)
+rank = trainer.dist.rank
+with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+    json.dump({k: float(v) for k, v in terms.items()}, f)
+trainer.write_metrics(terms, 1, 1.0, 0.0)
+distributed.teardown()
+"""
+
+
+def test_logged_losses_are_the_mean_over_two_gloo_ranks(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(DDP_PROBE)
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    res = subprocess.run(
+        [*cmd, str(probe), str(out)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert ranks[0]["loss"] != ranks[1]["loss"]  # not vacuous: the ranks saw other images
+    for key, name in (("loss", "loss"), ("recon", "loss_recon"), ("concept", "loss_concept")):
+        want = (ranks[0][key] + ranks[1][key]) / 2
+        assert row[name] == pytest.approx(want, rel=1e-6), name
+    assert row["grad_norm"] > 0 and row["clip_frac"] in (0.0, 1.0)

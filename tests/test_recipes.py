@@ -24,6 +24,7 @@ NEW_KEYS: dict[str, Any] = {
     "data.global_solarize": [0.0],
     "data.local_blur": 0.5,
     "optim.freeze_last_layer_heads": ["patch", "cls"],
+    "optim.clip_mode": "global",
 }
 
 # Every value reference_vits16 sets, and where the reference code has it.
@@ -70,6 +71,7 @@ REFERENCE: dict[str, Any] = {
     "optim.weight_decay": 0.04,
     "optim.weight_decay_end": 0.4,
     "optim.clip_grad": 3.0,
+    "optim.clip_mode": "per_param",  # utils.clip_gradients: each parameter on its own
     "optim.freeze_last_layer_epochs": 1,
     "optim.freeze_last_layer_heads": ["cls"],  # cancel_gradients_last_layer: last_layer only
     "optim.momentum_teacher": 0.996,

@@ -155,6 +155,7 @@ class Trainer:
         )
         self.gen = torch.Generator(device=dev)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
+        self.grad_stats = torch.zeros(2, device=dev)  # since the last log: sum of norms, clips
         self.skipped_images = 0
         self.stop_requested = False
         self.health: dict[str, float] = {}  # collapse signals of the last logging step
@@ -298,8 +299,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        if cfg.optim.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.clip_grad)
+        self.grad_stats += torch.stack(self._clip_gradients())
         if i < cfg.optim.freeze_last_layer_epochs * self.data.steps_per_epoch:
             for p in self.student.concept_head.last_layers(cfg.optim.freeze_last_layer_heads):
                 p.grad = None
@@ -316,6 +316,23 @@ class Trainer:
         self._last = (x, corrupted, s["recon"])
         return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
+    def _clip_gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clips as ``optim.clip_mode`` says -> (gradient norm before clipping, 1.0 if clipping
+        fired else 0.0), as tensors: no device sync."""
+        o = self.cfg.optim
+        params = [p for p in self.student.parameters() if p.grad is not None]
+        if o.clip_grad <= 0:
+            total = torch.nn.utils.get_total_norm([p.grad for p in params])
+            return total, torch.zeros_like(total)
+        if o.clip_mode == "global":
+            total = torch.nn.utils.clip_grad_norm_(params, o.clip_grad)
+            return total, (total > o.clip_grad).float()
+        grads = [p.grad for p in params]  # per_param: each to norm clip_grad (the reference)
+        norms = torch._foreach_norm(grads)
+        torch._foreach_mul_(grads, [(o.clip_grad / (n + 1e-6)).clamp(max=1.0) for n in norms])
+        stacked = torch.stack(norms)
+        return torch.linalg.vector_norm(stacked), (stacked > o.clip_grad).any().float()
+
     def _measure_health(self, s: dict, t: dict, x: torch.Tensor, mask: torch.Tensor, tt: float):
         """Collapse signals at logging steps (a few softmaxes; see mcssl.train.monitor)."""
         p_t = self.patch_loss.teacher_probs(t["patch_logits"], tt)
@@ -330,7 +347,26 @@ class Trainer:
         }
 
     # ---- outputs -----------------------------------------------------------------------
+    def _rank_means(self, sums: dict[str, torch.Tensor], n: int) -> dict[str, float]:
+        """Per-step means since the last log, averaged over ranks (one all-reduce, which also
+        shares the non-finite flag, so every rank stops together)."""
+        keys = list(sums)
+        dev = self.dist.device
+        vals = torch.stack(
+            [torch.as_tensor(sums[k], dtype=torch.float32, device=dev) for k in keys]
+            + list(self.grad_stats)
+            + [self.nonfinite.float()]
+        )
+        self.grad_stats.zero_()
+        if self.dist.world > 1:
+            torch.distributed.all_reduce(vals)
+            vals /= self.dist.world
+        self.nonfinite |= vals[-1] > 0
+        names = [f"loss_{k}" if k != "loss" else k for k in keys] + ["grad_norm", "clip_frac"]
+        return {k: float(v) / n for k, v in zip(names, vals[:-1].tolist(), strict=True)}
+
     def write_metrics(self, sums: dict[str, torch.Tensor], n: int, wall: float, wait: float):
+        means = self._rank_means(sums, n)
         self.check_finite()
         if not self.dist.is_main:
             return
@@ -342,7 +378,7 @@ class Trainer:
             "wd": float(self.sched.wd[i]),
             "momentum": float(self.sched.momentum[i]),
             "teacher_temp": float(self.sched.teacher_temp[i]),
-            **{f"loss_{k}" if k != "loss" else k: float(v) / n for k, v in sums.items()},
+            **means,  # losses, grad_norm (before clipping), clip_frac: means over ranks
             "images_per_s": n * self.cfg.optim.batch_size * self.dist.world / max(wall, 1e-9),
             "data_wait_frac": wait / max(wall, 1e-9),
             "skipped_images": self.skipped_images,
