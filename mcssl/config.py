@@ -115,6 +115,7 @@ class RunConfig:
     precision: str = "auto"  # auto (bf16 on capable GPUs, else fp32) | fp32 | bf16 | fp16
     compile: bool = False
     log_every: int = 10  # steps
+    tensorboard: bool = False  # rank 0 also writes TensorBoard events to RUN_DIR/tb
     save_every: int = 500  # steps; last.pt is also written at every epoch end
     keep_every_epochs: int = 0  # also keep checkpoint-EPOCH.pt every N epochs; 0 = never
     preview_every: int = 500  # steps; 0 = never

@@ -42,8 +42,9 @@ from mcssl.train.schedules import cosine_schedule, warmup_constant
 log = logging.getLogger(__name__)
 
 
-# (teacher backbone, step) -> named scores for metrics.jsonl; built above this layer (evaluation)
-Monitor = Callable[[torch.nn.Module, int], dict[str, float]]
+# (teacher backbone, step) -> named scores for metrics.jsonl, or images ((H, W, 3) uint8
+# arrays, for TensorBoard only); built above this layer (mcssl.evaluation.online)
+Monitor = Callable[[torch.nn.Module, int], dict[str, "float | np.ndarray"]]
 
 
 class TrainError(RuntimeError):
@@ -107,6 +108,17 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
         )
 
 
+def summary_writer(folder: Path) -> Any:
+    """torch's TensorBoard SummaryWriter into ``folder`` (needs the tensorboard package)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainError(
+            "run.tensorboard=true needs the tensorboard package (pip install tensorboard)"
+        ) from None
+    return SummaryWriter(str(folder))
+
+
 class Trainer:
     def __init__(
         self, cfg: Config, out: str | Path, resume: bool = False, monitors: Sequence[Monitor] = ()
@@ -161,6 +173,7 @@ class Trainer:
         self.health: dict[str, float] = {}  # collapse signals of the last logging step
         self.prev_center: torch.Tensor | None = None
         self.collapsed: str | None = None
+        self.tb: Any = None  # SummaryWriter on rank 0 with run.tensorboard, while fit() runs
 
     def _prepare_run_dir(self, resume: bool) -> None:
         """Rank 0 checks the folder; every rank learns the outcome (no rank left waiting)."""
@@ -385,10 +398,15 @@ class Trainer:
             "time": time.time(),
             **self.health,
         }
+        images: dict[str, np.ndarray] = {}
         every = self.cfg.run.monitor_every
         if every and (self.step % every == 0 or self.step == self.total_steps):
             for score in self.monitors:
-                row.update(score(self.teacher.backbone, self.step))
+                for name, value in score(self.teacher.backbone, self.step).items():
+                    if isinstance(value, np.ndarray):
+                        images[name] = value
+                    else:
+                        row[name] = value
         kind = monitor.collapse(row)
         row["collapse"] = kind
         if kind and kind != self.collapsed:  # say it once per episode, not every log line
@@ -398,6 +416,19 @@ class Trainer:
             row["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        self._tensorboard(row, images)
+
+    def _tensorboard(self, row: dict[str, Any], images: dict[str, np.ndarray]) -> None:
+        """Every number of a metrics row as a scalar, and the images, at this step."""
+        if self.tb is None:
+            return
+        for name, value in row.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if number and name not in ("step", "time"):
+                self.tb.add_scalar(name, value, self.step)
+        for name, img in images.items():
+            self.tb.add_image(name, img, self.step, dataformats="HWC")
+        self.tb.flush()
 
     def write_preview(self) -> None:
         """Clean | corrupted | reconstruction for up to 4 images, as one PNG."""
@@ -408,6 +439,7 @@ class Trainer:
         arr = (rows.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
         (self.out / "previews").mkdir(exist_ok=True)
         Image.fromarray(arr).save(self.out / "previews" / f"step_{self.step:07d}.png")
+        self._tensorboard({}, {"preview": arr})
 
     def write_summary(self, started: float) -> dict[str, Any]:
         digests = distributed.all_gather_object(distributed.params_digest(self.student))
@@ -440,10 +472,15 @@ class Trainer:
         previous = None
         if threading.current_thread() is threading.main_thread():  # signals need the main thread
             previous = signal.signal(signal.SIGTERM, self._request_stop)
+        if self.dist.is_main and self.cfg.run.tensorboard:
+            self.tb = summary_writer(self.out / "tb")
         try:
             self._loop(bar)
         finally:
             bar.close()
+            if self.tb is not None:
+                self.tb.close()
+                self.tb = None
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         return self.write_summary(started)
