@@ -25,6 +25,7 @@ NEW_KEYS: dict[str, Any] = {
     "data.local_blur": 0.5,
     "optim.freeze_last_layer_heads": ["patch", "cls"],
     "optim.clip_mode": "global",
+    "run.tensorboard": False,
 }
 
 # Every value reference_vits16 sets, and where the reference code has it.
