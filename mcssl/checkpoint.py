@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from mcssl.config import Config, config_from_dict
+from mcssl.config import Config, ModelConfig, config_from_dict
 
 EXPORT_FORMAT = "mcssl-teacher/1"
 
@@ -70,10 +70,63 @@ def export_teacher(run: str | Path, out: str | Path, dtype: str = "fp32") -> dic
         "dtype": dtype,
         "config": json.dumps(cfg.to_dict()),
     }
-    out = Path(out)
+    _write_safetensors(tensors, meta, Path(out))
+    return meta
+
+
+def _write_safetensors(tensors: dict[str, torch.Tensor], meta: dict[str, str], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.chmod(tmp, 0o644)  # a shareable file, like any other output
     os.replace(tmp, out)
-    return meta
+
+
+def timm_kwargs(model: ModelConfig) -> dict[str, Any]:
+    """The ``timm.create_model`` keyword arguments of the backbone (as mcssl.models builds
+    it, less the training-only drop path): no classifier, the run's image and patch size."""
+    sizes = {k: getattr(model, k) for k in ("embed_dim", "depth", "num_heads") if getattr(model, k)}
+    return {
+        "num_classes": 0,
+        "img_size": model.img_size,
+        "patch_size": model.patch_size,
+        "dynamic_img_size": True,
+        **sizes,
+    }
+
+
+def export_timm(run: str | Path, out: str | Path, dtype: str = "fp32") -> dict[str, Any]:
+    """The teacher backbone as a plain timm state dict: ``out`` (.safetensors, or .pth /
+    .pt for torch.save) plus ``out`` with suffix .json holding the model name and kwargs, so
+
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=out), **kwargs)
+
+    loads it (the safetensors metadata holds the same)."""
+    out = Path(out)
+    if out.suffix not in (".safetensors", ".pth", ".pt"):
+        raise CheckpointError(f"--format timm writes .safetensors, .pth or .pt, not {out.name}")
+    state = load_training_state(run)
+    cfg: Config = config_from_dict(state["config"])
+    cast = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    prefix = "backbone."
+    tensors = {
+        k[len(prefix) :]: v.to(cast).contiguous()
+        for k, v in state["teacher"].items()
+        if k.startswith(prefix)
+    }
+    info = {
+        "format": "timm",
+        "model_name": cfg.model.arch,
+        "kwargs": timm_kwargs(cfg.model),
+        "recipe": cfg.recipe,
+        "steps": int(state["step"]),
+        "dtype": dtype,
+    }
+    if out.suffix == ".safetensors":
+        meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in info.items()}
+        _write_safetensors(tensors, meta, out)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(tensors, out)
+    out.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
+    return info

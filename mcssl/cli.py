@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -27,8 +28,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from mcssl.checkpoint import export_teacher
+    from mcssl.checkpoint import export_teacher, export_timm
 
+    if args.format == "timm":
+        info = export_timm(args.run, args.out, args.dtype)
+        sidecar = Path(args.out).with_suffix(".json")
+        print(
+            f"mcssl: exported teacher backbone for timm ({info['model_name']}, step "
+            f"{info['steps']}) -> {args.out} (model name and kwargs in {sidecar})"
+        )
+        return 0
     meta = export_teacher(args.run, args.out, args.dtype)
     print(f"mcssl: exported teacher ({meta['arch']}, step {meta['steps']}) -> {args.out}")
     return 0
@@ -263,10 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.epochs=10")
     t.set_defaults(fn=_train)
 
-    e = sub.add_parser("export", help="export a run's teacher to .safetensors")
+    e = sub.add_parser("export", help="export a run's teacher to .safetensors (or for timm)")
     e.add_argument("run", help="run folder or last.pt")
-    e.add_argument("--out", required=True, help="output .safetensors file")
+    e.add_argument("--out", required=True, help="output .safetensors file (timm: or .pth)")
     e.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    e.add_argument(
+        "--format",
+        choices=("mcssl", "timm"),
+        default="mcssl",
+        help="mcssl: backbone + concept head + centre (the explorer's input); timm: the "
+        "backbone as a plain timm state dict, model name and kwargs in OUT.json",
+    )
     e.set_defaults(fn=_export)
 
     ca = sub.add_parser("cache", help="decode + resize a dataset once into a .npy image cache")

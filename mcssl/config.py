@@ -46,6 +46,9 @@ class GMMLConfig:
     drop_weight: float = 1.0  # relative frequency of each block transformation
     replace_weight: float = 1.0
     colour_weight: float = 1.0
+    choose_per: str = "block"  # block | image: one transformation per block, or per image (ref)
+    replace_ratio: list[float] = field(default_factory=list)  # choose_per=image: [] = ratio
+    drop_fill: str = "noise"  # noise | zeros (the reference; zeros = the mean colour)
 
 
 @dataclass
@@ -58,7 +61,7 @@ class LossConfig:
     warmup_teacher_temp_epochs: int = 0
     center_momentum: float = 0.9
     cls_term: bool = False  # DINO image-level loss on the CLS token (reference code)
-    combine: str = "average"  # average | fixed | uncertainty
+    combine: str = "average"  # average (paper) | sum (reference code) | fixed | uncertainty
     recon_weight: float = 1.0  # used by combine=fixed
     concept_weight: float = 1.0
     cls_weight: float = 1.0
@@ -73,6 +76,11 @@ class DataConfig:
     local_size: int = 96
     global_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
     local_scale: list[float] = field(default_factory=lambda: [0.05, 0.25])
+    # per global view (view 1, view 2, ...; the last value repeats): blur and solarisation
+    # probabilities; the reference's asymmetric views are [1.0, 0.1] and [0.0, 0.2]
+    global_blur: list[float] = field(default_factory=lambda: [0.5])
+    global_solarize: list[float] = field(default_factory=lambda: [0.0])
+    local_blur: float = 0.5
     workers: int = 8
     # plain: workers decode + augment (PIL); device: workers only read, the augmentations run
     # batched on the training device and JPEGs are decoded there (nvjpeg) on CUDA
@@ -89,8 +97,12 @@ class OptimConfig:
     warmup_epochs: int = 10
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
-    clip_grad: float = 3.0  # global norm; 0 disables
+    clip_grad: float = 3.0  # max gradient norm; 0 disables
+    clip_mode: str = "global"  # global (one norm over all) | per_param (each; the reference)
     freeze_last_layer_epochs: int = 1
+    # which last layers that freeze holds: patch (the concept head's) and/or cls (the CLS
+    # term's); the reference freezes only cls, the paper's concept head is the patch layer
+    freeze_last_layer_heads: list[str] = field(default_factory=lambda: ["patch", "cls"])
     momentum_teacher: float = 0.996
     momentum_teacher_end: float = 1.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -103,6 +115,7 @@ class RunConfig:
     precision: str = "auto"  # auto (bf16 on capable GPUs, else fp32) | fp32 | bf16 | fp16
     compile: bool = False
     log_every: int = 10  # steps
+    tensorboard: bool = False  # rank 0 also writes TensorBoard events to RUN_DIR/tb
     save_every: int = 500  # steps; last.pt is also written at every epoch end
     keep_every_epochs: int = 0  # also keep checkpoint-EPOCH.pt every N epochs; 0 = never
     preview_every: int = 500  # steps; 0 = never
@@ -127,10 +140,13 @@ class Config:
 
 
 _CHOICES = {
+    "gmml.choose_per": ("block", "image"),
+    "gmml.drop_fill": ("noise", "zeros"),
     "loss.recon_type": ("l1", "mse"),
     "loss.recon_region": ("all", "corrupted"),
-    "loss.combine": ("average", "fixed", "uncertainty"),
+    "loss.combine": ("average", "sum", "fixed", "uncertainty"),
     "data.pipeline": ("plain", "device"),
+    "optim.clip_mode": ("global", "per_param"),
     "run.device": ("auto", "cpu", "cuda"),
     "run.precision": ("auto", "fp32", "bf16", "fp16"),
 }
@@ -208,6 +224,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"gmml.ratio must be [low, high] with 0 <= low <= high < 1, got {cfg.gmml.ratio}"
         )
+    d = cfg.data
+    probs = [*d.global_blur, *d.global_solarize, d.local_blur]
+    if not d.global_blur or not d.global_solarize or not all(0 <= q <= 1 for q in probs):
+        raise ConfigError(
+            "data.global_blur / global_solarize must be non-empty lists of probabilities in "
+            f"[0, 1] and data.local_blur one, got {d.global_blur}, {d.global_solarize}, "
+            f"{d.local_blur}"
+        )
+    rr = cfg.gmml.replace_ratio
+    if rr and (len(rr) != 2 or not 0.0 <= rr[0] <= rr[1] < 1.0):
+        raise ConfigError(
+            f"gmml.replace_ratio must be [] or [low, high] with 0 <= low <= high < 1, got {rr}"
+        )
     if cfg.model.img_size % cfg.model.patch_size:
         raise ConfigError(
             f"model.img_size {cfg.model.img_size} is not a multiple of "
@@ -230,6 +259,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "data.path is empty: give an image folder, a file list or 'samples' "
             "(e.g. data.path=/data/images)"
+        )
+    bad = sorted(set(cfg.optim.freeze_last_layer_heads) - {"patch", "cls"})
+    if bad:
+        raise ConfigError(
+            f"optim.freeze_last_layer_heads takes 'patch' and/or 'cls', got {', '.join(bad)}"
         )
     if bool(cfg.run.knn_train) != bool(cfg.run.knn_val):
         raise ConfigError("the kNN monitor needs both run.knn_train and run.knn_val")

@@ -172,3 +172,46 @@ def test_low_and_high_precision_inputs_keep_dtype(dtype):
     # inside: nearly every value changed (low precision may round a few back to the input)
     assert changed[mask].float().mean() > 0.9
     assert torch.isfinite(out).all()
+
+
+def test_top_up_patches_are_rare_on_a_14x14_grid():
+    """Random top-up patches (not inside any candidate block) in under 1 % of images at
+    ratios 0.4-0.8 on ViT-S/16's 14 x 14 grid (measured 0 of 4096; with 32 candidate blocks
+    61 % of images)."""
+    from mcssl.train.gmml import block_mask
+
+    p = GMMLParams(ratio=(0.4, 0.8))
+    g = torch.Generator().manual_seed(0)
+    mask, block = block_mask(1024, 14, 14, p, g, torch.device("cpu"))
+    top_up = mask & (block == p.n_blocks)
+    assert mask.flatten(1).sum(1).float().mean() > 0.55 * 196  # not vacuous: ~0.6 corrupted
+    assert top_up.flatten(1).any(1).float().mean() < 0.01
+
+
+def test_drop_fill_zeros_and_one_transformation_per_image():
+    """The reference's GMML: each image is either dropped (to zeros) at its ratio or replaced
+    at ``replace_ratio``; never both, never recoloured."""
+    b, patch = 16, 8
+    x = _images(b, 64, 64, 0)
+    p = GMMLParams(
+        ratio=(0.5, 0.5),
+        weights=(0.5, 0.5, 0.0),
+        drop_fill="zeros",
+        per_image=True,
+        replace_ratio=(0.25, 0.25),
+    )
+    out, mask = _corrupt(x, patch, p, 0)
+    zero = _patches(out == 0, patch).flatten(3).all(-1)  # (B, gh, gw) patches all zero
+    kinds = set()
+    for i in range(b):
+        n = int(mask[i].sum())
+        if zero[i][mask[i]].all():
+            kinds.add("drop")
+            assert n == 32  # round(0.5 * 64)
+        else:
+            kinds.add("replace")
+            assert not zero[i].any() and n == 16  # round(0.25 * 64)
+            donors = [j for j in range(b) if j != i]
+            px = mask[i].repeat_interleave(patch, 0).repeat_interleave(patch, 1)
+            assert any(torch.equal(out[i][:, px], x[j][:, px]) for j in donors)
+    assert kinds == {"drop", "replace"}

@@ -243,6 +243,10 @@ def test_combine_average():
     assert combine_losses(_terms(), "average").item() == pytest.approx((0.8 + 5.0) / 2)
 
 
+def test_combine_sum_as_the_reference():
+    assert combine_losses(_terms(), "sum").item() == pytest.approx(0.8 + 5.0)
+
+
 def test_combine_fixed_weights():
     got = combine_losses(_terms(), "fixed", weights={"recon": 2.0, "concept": 0.25, "cls": 9.0})
     assert got.item() == pytest.approx(2.0 * 0.8 + 0.25 * 5.0)

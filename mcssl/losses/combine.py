@@ -1,4 +1,5 @@
-"""Combining the loss terms: average (the paper), fixed weights, or uncertainty weighting."""
+"""Combining the loss terms: average (the paper), sum (the reference code), fixed weights, or
+uncertainty weighting."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ def combine_losses(
     values = list(terms.values())
     if how == "average":
         return torch.stack(values).mean()
+    if how == "sum":
+        return torch.stack(values).sum()
     if how == "fixed":
         assert weights is not None
         return sum(weights[k] * v for k, v in terms.items())  # type: ignore[return-value]

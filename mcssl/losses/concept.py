@@ -16,6 +16,11 @@ def _all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _fp32(t: torch.Tensor) -> torch.autocast:
+    """Autocast off on ``t``'s device: the softmaxes at temperature ~0.04 stay fp32."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 class CenteredCrossEntropy(nn.Module):
     """``-sum_j p_t log p_s``, ``p_t = softmax((z_t - c) / tau_t)``, ``p_s = softmax(z_s / tau_s)``.
 
@@ -30,15 +35,19 @@ class CenteredCrossEntropy(nn.Module):
         self.register_buffer("center", torch.zeros(num_concepts))
 
     def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        return F.softmax((teacher_logits.detach().float() - self.center) / teacher_temp, dim=-1)
+        """fp32 also under autocast (as the student's log-softmax): see WeightNormLinear."""
+        with _fp32(teacher_logits):
+            z = teacher_logits.detach().float() - self.center
+            return F.softmax(z / teacher_temp, dim=-1)
 
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temp: float
     ) -> torch.Tensor:
         """Patch form: student/teacher logits (B, N, K), token-aligned -> mean over B*N tokens."""
         p_t = self.teacher_probs(teacher_logits, teacher_temp)
-        log_p_s = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
-        return -(p_t * log_p_s).sum(-1).mean()
+        with _fp32(student_logits):
+            log_p_s = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
+            return -(p_t * log_p_s).sum(-1).mean()
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:
@@ -61,7 +70,8 @@ class MultiViewCrossEntropy(CenteredCrossEntropy):
         """student_logits: (V*B, K), views first; teacher_logits: (G*B, K) -> scalar."""
         b = teacher_logits.shape[0] // n_global
         p_t = self.teacher_probs(teacher_logits, teacher_temp).chunk(n_global)
-        log_p_s = F.log_softmax(student_logits.float() / self.student_temp, -1).split(b)
+        with _fp32(student_logits):
+            log_p_s = F.log_softmax(student_logits.float() / self.student_temp, -1).split(b)
         terms = [
             -(t * s).sum(-1).mean()
             for i, t in enumerate(p_t)

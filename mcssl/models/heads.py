@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,12 +39,19 @@ class WeightNormLinear(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, learn_gain: bool = False) -> None:
         super().__init__()
         self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim))
-        nn.init.trunc_normal_(self.weight_v, std=0.02)
+        # nn.Linear's default init, as the reference (DINO's last layer is a plain nn.Linear
+        # under weight_norm): trunc-normal(0.02) would make v 1.8x smaller, and under Adam
+        # (steps of a fixed size) the direction v / ||v|| would turn that much faster
+        nn.init.kaiming_uniform_(self.weight_v, a=math.sqrt(5))
         self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=learn_gain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight_g * F.normalize(self.weight_v, dim=1)
-        return F.linear(x, w)
+        """Always in fp32, also under autocast: the outputs are cosines in [-1, 1] that the
+        loss divides by a temperature of ~0.04, so bf16 rounding (~0.004) would become ~0.1
+        nat."""
+        with torch.autocast(x.device.type, enabled=False):
+            w = self.weight_g.float() * F.normalize(self.weight_v.float(), dim=1)
+            return F.linear(x.float(), w)
 
 
 class ConceptHead(nn.Module):
@@ -71,17 +81,18 @@ class ConceptHead(nn.Module):
         )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: (..., D) -> logits (..., K)."""
-        return self.patch_layer(F.normalize(self.mlp(tokens), dim=-1))
+        """tokens: (..., D) -> logits (..., K), fp32 (the L2 norm and last layer run in fp32)."""
+        return self.patch_layer(F.normalize(self.mlp(tokens).float(), dim=-1))
 
     def forward_cls(self, cls: torch.Tensor) -> torch.Tensor:
-        """cls: (B, D) -> logits (B, K_cls)."""
+        """cls: (B, D) -> logits (B, K_cls), fp32."""
         assert self.cls_layer is not None, "built without a CLS layer"
-        return self.cls_layer(F.normalize(self.mlp(cls), dim=-1))
+        return self.cls_layer(F.normalize(self.mlp(cls).float(), dim=-1))
 
-    def last_layers(self) -> list[nn.Parameter]:
-        layers = [self.patch_layer] + ([self.cls_layer] if self.cls_layer is not None else [])
-        return [p for layer in layers for p in layer.parameters()]
+    def last_layers(self, heads: Sequence[str] = ("patch", "cls")) -> list[nn.Parameter]:
+        """Parameters of the last layers named in ``heads`` ("patch", "cls")."""
+        layers = {"patch": self.patch_layer, "cls": self.cls_layer}
+        return [p for h in heads if layers[h] is not None for p in layers[h].parameters()]
 
 
 class ReconstructionHead(nn.Module):

@@ -27,21 +27,28 @@ log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 50
 
 
-def sit_augment(size: int, scale: tuple[float, float]) -> v2.Compose:
-    """SiT / DINO-style view: random resized crop, flip, colour jitter, greyscale, blur."""
+def sit_augment(
+    size: int, scale: tuple[float, float], blur: float = 0.5, solarize: float = 0.0
+) -> v2.Compose:
+    """SiT / DINO-style view: random resized crop, flip, colour jitter, greyscale, blur with
+    probability ``blur``, solarisation (PIL's, threshold 128) with probability ``solarize``."""
     k = max(3, int(0.1 * size) // 2 * 2 + 1)  # odd blur kernel, ~10% of the crop
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC),
-            v2.RandomHorizontalFlip(),
-            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-            v2.RandomApply([v2.GaussianBlur(k, sigma=(0.1, 2.0))], p=0.5),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(MEAN, STD),
-        ]
-    )
+    steps = [
+        v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC),
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+        v2.RandomApply([v2.GaussianBlur(k, sigma=(0.1, 2.0))], p=blur),
+    ]
+    if solarize > 0:  # only then: an unused step would still draw a random number
+        steps.append(v2.RandomSolarize(128, p=solarize))
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+    return v2.Compose(steps)
+
+
+def per_view(values: list[float], n: int) -> list[float]:
+    """A per-view setting for ``n`` views: the i-th value, the last one repeating."""
+    return [values[min(i, len(values) - 1)] for i in range(n)]
 
 
 class UnlabelledImages(Dataset):
@@ -53,8 +60,13 @@ class UnlabelledImages(Dataset):
         self.items = items
         self.repeat = cfg.data.repeat
         self.n_global, self.n_local = cfg.data.global_crops, cfg.data.local_crops
-        self.global_aug = sit_augment(cfg.model.img_size, tuple(cfg.data.global_scale))
-        self.local_aug = sit_augment(cfg.data.local_size, tuple(cfg.data.local_scale))
+        d, n = cfg.data, cfg.data.global_crops
+        blur, sol = per_view(d.global_blur, n), per_view(d.global_solarize, n)
+        self.global_augs = [  # one per view: the views may differ (the reference's do)
+            sit_augment(cfg.model.img_size, tuple(d.global_scale), blur[v], sol[v])
+            for v in range(n)
+        ]
+        self.local_aug = sit_augment(d.local_size, tuple(d.local_scale), d.local_blur)
         self.max_pixels = cfg.data.max_image_pixels
         self.seed = seed
         self.warned: set[int] = set()  # per worker: say once which file is unreadable
@@ -84,7 +96,7 @@ class UnlabelledImages(Dataset):
         img, failed = self._first_readable(i, self._load)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash((self.seed, epoch, i)) & 0x7FFF_FFFF_FFFF)
-            views_g = [self.global_aug(img) for _ in range(self.n_global)]
+            views_g = [aug(img) for aug in self.global_augs]
             views_l = [self.local_aug(img) for _ in range(self.n_local)]
         return {"global": views_g, "local": views_l, "failed": failed}
 
@@ -172,10 +184,14 @@ class DeviceViews:
             failed += bad
         d, gen = self.cfg.data, torch.Generator()
         gen.manual_seed(hash((self.cfg.run.seed, self.rank, step)) & 0x7FFF_FFFF_FFFF)
-        size, scale = self.cfg.model.img_size, tuple(d.global_scale)
+        size, scale, n = self.cfg.model.img_size, tuple(d.global_scale), d.global_crops
+        blur, sol = per_view(d.global_blur, n), per_view(d.global_solarize, n)
+        local_blur = [d.local_blur] * d.local_crops
         return {
-            "global": augment_views(images, d.global_crops, size, scale, gen),
-            "local": augment_views(images, d.local_crops, d.local_size, tuple(d.local_scale), gen),
+            "global": augment_views(images, n, size, scale, gen, blur, sol),
+            "local": augment_views(
+                images, d.local_crops, d.local_size, tuple(d.local_scale), gen, local_blur
+            ),
             "failed": failed,
         }
 

@@ -1,7 +1,8 @@
 """The SiT / DINO view augmentations, batched on the training device.
 
 The same recipe as ``mcssl.train.data.sit_augment`` (random resized crop, flip, colour jitter 0.4 /
-0.4 / 0.2 / 0.1 with p 0.8, greyscale p 0.2, Gaussian blur p 0.5 with sigma in [0.1, 2]), but
+0.4 / 0.2 / 0.1 with p 0.8, greyscale p 0.2, Gaussian blur p 0.5 with sigma in [0.1, 2], or
+per-view blur and solarisation probabilities as the reference's asymmetric views), but
 on uint8 image tensors already on the device, a whole batch per call, so that CPU workers only
 have to read (or decode) images. Random parameters are drawn on the CPU from a seeded
 generator: the same seed gives the same views on any device.
@@ -14,6 +15,7 @@ bicubic; the order of the four jitter operations is drawn once per batch instead
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +24,7 @@ from torchvision.ops import roi_align
 from mcssl.images import normalise
 
 JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
-P_JITTER, P_GREY, P_BLUR, P_FLIP = 0.8, 0.2, 0.5, 0.5
+P_JITTER, P_GREY, P_BLUR, P_FLIP = 0.8, 0.2, 0.5, 0.5  # P_BLUR: unless given per view
 GREY = (0.299, 0.587, 0.114)
 
 
@@ -143,14 +145,25 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, k: int) -> torch.Tensor:
     return y.view(n, c, h, w)
 
 
+def solarize(x: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+    """PIL's solarisation (values >= 128/255 inverted) where ``apply`` (N,) bool.
+
+    x: (N, 3, H, W) in [0, 1] -> the same shape."""
+    hit = apply.to(x.device).view(-1, 1, 1, 1) & (x >= 128 / 255)
+    return torch.where(hit, 1 - x, x)
+
+
 def augment_views(
     images: torch.Tensor | list[torch.Tensor],
     views: int,
     size: int,
     scale: tuple[float, float],
     gen: torch.Generator,
+    blur: Sequence[float] = (),
+    solarise: Sequence[float] = (),
 ) -> list[torch.Tensor]:
-    """``views`` augmented views of every image, normalised for the model.
+    """``views`` augmented views of every image, normalised for the model. ``blur`` and
+    ``solarise``: the probability for each view (default: blur 0.5, no solarisation).
 
     images: (B, 3, H, W) uint8 or a list of B (3, Hi, Wi) uint8, on the device
     -> ``views`` tensors (B, 3, size, size) float."""
@@ -173,6 +186,10 @@ def augment_views(
     x = torch.where(grey.view(-1, 1, 1, 1), _grey(x).expand_as(x), x)
     k = max(3, int(0.1 * size) // 2 * 2 + 1)
     sigma = torch.empty(n).uniform_(0.1, 2.0, generator=gen)
-    blur = (u[3] < P_BLUR).to(dev)
-    x = torch.where(blur.view(-1, 1, 1, 1), gaussian_blur(x, sigma, k), x)
+    p_blur = torch.tensor(list(blur) or [P_BLUR] * views).repeat_interleave(b)
+    blurred = (u[3] < p_blur).to(dev)
+    x = torch.where(blurred.view(-1, 1, 1, 1), gaussian_blur(x, sigma, k), x)
+    if any(p > 0 for p in solarise):  # only then: the default draws no more numbers
+        p_sol = torch.tensor(list(solarise)).repeat_interleave(b)
+        x = solarize(x, torch.rand(n, generator=gen) < p_sol)
     return list(normalise(x).split(b))

@@ -42,8 +42,9 @@ from mcssl.train.schedules import cosine_schedule, warmup_constant
 log = logging.getLogger(__name__)
 
 
-# (teacher backbone, step) -> named scores for metrics.jsonl; built above this layer (evaluation)
-Monitor = Callable[[torch.nn.Module, int], dict[str, float]]
+# (teacher backbone, step) -> named scores for metrics.jsonl, or images ((H, W, 3) uint8
+# arrays, for TensorBoard only); built above this layer (mcssl.evaluation.online)
+Monitor = Callable[[torch.nn.Module, int], dict[str, "float | np.ndarray"]]
 
 
 class TrainError(RuntimeError):
@@ -107,6 +108,17 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
         )
 
 
+def summary_writer(folder: Path) -> Any:
+    """torch's TensorBoard SummaryWriter into ``folder`` (needs the tensorboard package)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainError(
+            "run.tensorboard=true needs the tensorboard package (pip install tensorboard)"
+        ) from None
+    return SummaryWriter(str(folder))
+
+
 class Trainer:
     def __init__(
         self, cfg: Config, out: str | Path, resume: bool = False, monitors: Sequence[Monitor] = ()
@@ -149,14 +161,19 @@ class Trainer:
             ratio=tuple(cfg.gmml.ratio),
             max_block_frac=cfg.gmml.max_block_frac,
             weights=(cfg.gmml.drop_weight, cfg.gmml.replace_weight, cfg.gmml.colour_weight),
+            drop_fill=cfg.gmml.drop_fill,
+            per_image=cfg.gmml.choose_per == "image",
+            replace_ratio=tuple(cfg.gmml.replace_ratio) if cfg.gmml.replace_ratio else None,
         )
         self.gen = torch.Generator(device=dev)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
+        self.grad_stats = torch.zeros(2, device=dev)  # since the last log: sum of norms, clips
         self.skipped_images = 0
         self.stop_requested = False
         self.health: dict[str, float] = {}  # collapse signals of the last logging step
         self.prev_center: torch.Tensor | None = None
         self.collapsed: str | None = None
+        self.tb: Any = None  # SummaryWriter on rank 0 with run.tensorboard, while fit() runs
 
     def _prepare_run_dir(self, resume: bool) -> None:
         """Rank 0 checks the folder; every rank learns the outcome (no rank left waiting)."""
@@ -295,10 +312,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        if cfg.optim.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.clip_grad)
+        self.grad_stats += torch.stack(self._clip_gradients())
         if i < cfg.optim.freeze_last_layer_epochs * self.data.steps_per_epoch:
-            for p in self.student.concept_head.last_layers():
+            for p in self.student.concept_head.last_layers(cfg.optim.freeze_last_layer_heads):
                 p.grad = None
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -312,6 +328,23 @@ class Trainer:
         self.step += 1
         self._last = (x, corrupted, s["recon"])
         return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+
+    def _clip_gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clips as ``optim.clip_mode`` says -> (gradient norm before clipping, 1.0 if clipping
+        fired else 0.0), as tensors: no device sync."""
+        o = self.cfg.optim
+        params = [p for p in self.student.parameters() if p.grad is not None]
+        if o.clip_grad <= 0:
+            total = torch.nn.utils.get_total_norm([p.grad for p in params])
+            return total, torch.zeros_like(total)
+        if o.clip_mode == "global":
+            total = torch.nn.utils.clip_grad_norm_(params, o.clip_grad)
+            return total, (total > o.clip_grad).float()
+        grads = [p.grad for p in params]  # per_param: each to norm clip_grad (the reference)
+        norms = torch._foreach_norm(grads)
+        torch._foreach_mul_(grads, [(o.clip_grad / (n + 1e-6)).clamp(max=1.0) for n in norms])
+        stacked = torch.stack(norms)
+        return torch.linalg.vector_norm(stacked), (stacked > o.clip_grad).any().float()
 
     def _measure_health(self, s: dict, t: dict, x: torch.Tensor, mask: torch.Tensor, tt: float):
         """Collapse signals at logging steps (a few softmaxes; see mcssl.train.monitor)."""
@@ -327,7 +360,26 @@ class Trainer:
         }
 
     # ---- outputs -----------------------------------------------------------------------
+    def _rank_means(self, sums: dict[str, torch.Tensor], n: int) -> dict[str, float]:
+        """Per-step means since the last log, averaged over ranks (one all-reduce, which also
+        shares the non-finite flag, so every rank stops together)."""
+        keys = list(sums)
+        dev = self.dist.device
+        vals = torch.stack(
+            [torch.as_tensor(sums[k], dtype=torch.float32, device=dev) for k in keys]
+            + list(self.grad_stats)
+            + [self.nonfinite.float()]
+        )
+        self.grad_stats.zero_()
+        if self.dist.world > 1:
+            torch.distributed.all_reduce(vals)
+            vals /= self.dist.world
+        self.nonfinite |= vals[-1] > 0
+        names = [f"loss_{k}" if k != "loss" else k for k in keys] + ["grad_norm", "clip_frac"]
+        return {k: float(v) / n for k, v in zip(names, vals[:-1].tolist(), strict=True)}
+
     def write_metrics(self, sums: dict[str, torch.Tensor], n: int, wall: float, wait: float):
+        means = self._rank_means(sums, n)
         self.check_finite()
         if not self.dist.is_main:
             return
@@ -339,17 +391,22 @@ class Trainer:
             "wd": float(self.sched.wd[i]),
             "momentum": float(self.sched.momentum[i]),
             "teacher_temp": float(self.sched.teacher_temp[i]),
-            **{f"loss_{k}" if k != "loss" else k: float(v) / n for k, v in sums.items()},
+            **means,  # losses, grad_norm (before clipping), clip_frac: means over ranks
             "images_per_s": n * self.cfg.optim.batch_size * self.dist.world / max(wall, 1e-9),
             "data_wait_frac": wait / max(wall, 1e-9),
             "skipped_images": self.skipped_images,
             "time": time.time(),
             **self.health,
         }
+        images: dict[str, np.ndarray] = {}
         every = self.cfg.run.monitor_every
         if every and (self.step % every == 0 or self.step == self.total_steps):
             for score in self.monitors:
-                row.update(score(self.teacher.backbone, self.step))
+                for name, value in score(self.teacher.backbone, self.step).items():
+                    if isinstance(value, np.ndarray):
+                        images[name] = value
+                    else:
+                        row[name] = value
         kind = monitor.collapse(row)
         row["collapse"] = kind
         if kind and kind != self.collapsed:  # say it once per episode, not every log line
@@ -359,6 +416,19 @@ class Trainer:
             row["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        self._tensorboard(row, images)
+
+    def _tensorboard(self, row: dict[str, Any], images: dict[str, np.ndarray]) -> None:
+        """Every number of a metrics row as a scalar, and the images, at this step."""
+        if self.tb is None:
+            return
+        for name, value in row.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if number and name not in ("step", "time"):
+                self.tb.add_scalar(name, value, self.step)
+        for name, img in images.items():
+            self.tb.add_image(name, img, self.step, dataformats="HWC")
+        self.tb.flush()
 
     def write_preview(self) -> None:
         """Clean | corrupted | reconstruction for up to 4 images, as one PNG."""
@@ -369,6 +439,7 @@ class Trainer:
         arr = (rows.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
         (self.out / "previews").mkdir(exist_ok=True)
         Image.fromarray(arr).save(self.out / "previews" / f"step_{self.step:07d}.png")
+        self._tensorboard({}, {"preview": arr})
 
     def write_summary(self, started: float) -> dict[str, Any]:
         digests = distributed.all_gather_object(distributed.params_digest(self.student))
@@ -401,10 +472,15 @@ class Trainer:
         previous = None
         if threading.current_thread() is threading.main_thread():  # signals need the main thread
             previous = signal.signal(signal.SIGTERM, self._request_stop)
+        if self.dist.is_main and self.cfg.run.tensorboard:
+            self.tb = summary_writer(self.out / "tb")
         try:
             self._loop(bar)
         finally:
             bar.close()
+            if self.tb is not None:
+                self.tb.close()
+                self.tb = None
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         return self.write_summary(started)
