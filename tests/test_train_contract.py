@@ -137,6 +137,16 @@ def test_teacher_is_the_ema_of_the_student_after_a_real_step(tmp_path: Path) -> 
     assert moved > 1e-4  # the step changed the teacher by far more than the tolerance
 
 
+def test_last_layer_stays_frozen_for_the_configured_epochs(tmp_path: Path) -> None:
+    tr = trainer(tmp_path / "run", "optim.freeze_last_layer_epochs=1")
+    head = tr.student.concept_head
+    last, first = head.patch_layer.weight_v.detach(), head.mlp[0].weight.detach()  # live views
+    last0, first0 = last.detach().clone(), first.detach().clone()
+    tr.train_step(next(batches(tr)))
+    assert torch.equal(last, last0)  # no gradient step, no weight decay
+    assert float((first - first0).abs().max()) > 1e-3  # while the rest of the head learns
+
+
 def test_concept_head_output_is_the_formula_on_real_weights(smoke_cfg) -> None:
     torch.manual_seed(0)
     cfg = smoke_cfg.model
