@@ -122,26 +122,54 @@ def scene_csv(root: Path, n: int, seed: int) -> Path:
     return root / "labels.csv"
 
 
-@pytest.mark.slow
-def test_finetuning_the_bundled_checkpoint_beats_chance(tmp_path: Path) -> None:
-    """Multi-label scenes (labels = concept classes present), 4 epochs at 64 px. Measured:
-    mAP 0.524 vs chance 0.402. A random-init backbone with the same budget gets 0.522 here,
-    and beats the bundled model with 640 training scenes (fine-tune 0.580 vs 0.564, linear
-    probe 0.584 vs 0.565): the CPU-trained default does not transfer (docs/RESULTS.md)."""
+@pytest.fixture(scope="module")
+def scene_finetunes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Multi-label scenes (labels = concept classes present), 4 epochs at 64 px, fine-tuned
+    from the bundled checkpoint and from an untrained backbone -> results and chance mAP."""
     from mcssl.cli import main
 
-    tr, va = scene_csv(tmp_path / "train", 192, 0), scene_csv(tmp_path / "val", 96, 1)
+    tmp = tmp_path_factory.mktemp("scenes")
+    tr, va = scene_csv(tmp / "train", 192, 0), scene_csv(tmp / "val", 96, 1)
     ckpt = os.environ.get("MCSSL_FT_CHECKPOINT", "default")  # another model to compare
-    args = ["eval", "finetune", "--checkpoint", ckpt, "--format", "csv", "--train", str(tr),
-            "--val", str(va), "--epochs", "4", "--batch-size", "32", "--img-size", "64",
-            "--workers", "0", "--lr", "4e-3", "--out", str(tmp_path / "ft")]  # fmt: skip
-    assert main(args) == 0
-    res = json.loads((tmp_path / "ft" / "results.json").read_text())
-    chance = read_csv(va).targets.mean()  # the mAP of random scores = the positive rate
-    assert res["mAP"] > chance + 0.08
+    out: dict[str, dict] = {}
+    for name, extra in (("pretrained", []), ("random", ["--random-init"])):
+        args = ["eval", "finetune", "--checkpoint", ckpt, "--format", "csv", "--train", str(tr),
+                "--val", str(va), "--epochs", "4", "--batch-size", "32", "--img-size", "64",
+                "--workers", "0", "--lr", "4e-3", "--out", str(tmp / name), *extra]  # fmt: skip
+        assert main(args) == 0
+        out[name] = json.loads((tmp / name / "results.json").read_text())
+        rows = [json.loads(line) for line in (tmp / name / "metrics.jsonl").open()]
+        out[name]["epochs_logged"] = [r["epoch"] for r in rows]
+    out["chance"] = {"mAP": float(read_csv(va).targets.mean())}  # mAP of random scores
+    print({k: v["mAP"] for k, v in out.items()})
+    return out
+
+
+@pytest.mark.slow
+def test_finetuning_learns_the_task_and_pretraining_does_not_hurt(scene_finetunes) -> None:
+    """What the bundled checkpoint really does (docs/RESULTS.md, measured: pre-trained 0.524,
+    random init 0.522, chance 0.402): fine-tuning learns the task, and starting from the
+    pre-trained weights is no worse than from random ones. It is NOT better: see the
+    expected failure below. A broken or harmful checkpoint (NaNs, collapsed features that
+    slow fine-tuning down) fails the second assertion."""
+    pre, rnd, chance = (scene_finetunes[k]["mAP"] for k in ("pretrained", "random", "chance"))
+    assert pre > chance + 0.08 and rnd > chance + 0.08
+    assert pre > rnd - 0.03
+    res = scene_finetunes["pretrained"]
     assert res["task"] == "multilabel" and res["val_images"] == 96
-    rows = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").open()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and (tmp_path / "ft" / "last.pt").exists()
+    assert res["epochs_logged"] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="the CPU-trained bundled checkpoint does not transfer better than random init "
+    "(docs/RESULTS.md); when a model that does is bundled this XPASSes: update the claim",
+)
+def test_pretraining_beats_random_init_on_finetuning(scene_finetunes) -> None:
+    """The claim a useful pre-training must meet: a clear margin over an untrained backbone
+    with the same fine-tuning budget."""
+    assert scene_finetunes["pretrained"]["mAP"] > scene_finetunes["random"]["mAP"] + 0.02
 
 
 def photo_folder(root: Path, per_class: int, seed: int) -> Path:
