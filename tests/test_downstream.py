@@ -146,30 +146,20 @@ def scene_finetunes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]
 
 
 @pytest.mark.slow
-def test_finetuning_learns_the_task_and_pretraining_does_not_hurt(scene_finetunes) -> None:
-    """What the bundled checkpoint really does (docs/RESULTS.md, measured: pre-trained 0.524,
-    random init 0.522, chance 0.402): fine-tuning learns the task, and starting from the
-    pre-trained weights is no worse than from random ones. It is NOT better: see the
-    expected failure below. A broken or harmful checkpoint (NaNs, collapsed features that
-    slow fine-tuning down) fails the second assertion."""
+@pytest.mark.timeout(1800)  # two fine-tunes: ~5 min each on a busy 2-core CPU
+def test_finetuning_on_few_scenes_starts_better_from_the_bundled_checkpoint(
+    scene_finetunes,
+) -> None:
+    """Would fail if pre-training did nothing useful for this task. Measured (2026-12-02,
+    2-core CPU): bundled 0.529, random init 0.501, chance 0.402. A small-data claim only:
+    with 640 training scenes random init wins (0.580 vs 0.564, docs/RESULTS.md), so the
+    CPU-trained default is not a generally better starting point."""
     pre, rnd, chance = (scene_finetunes[k]["mAP"] for k in ("pretrained", "random", "chance"))
-    assert pre > chance + 0.08 and rnd > chance + 0.08
-    assert pre > rnd - 0.03
+    assert rnd > chance + 0.06  # the protocol itself learns
+    assert pre > rnd + 0.01
     res = scene_finetunes["pretrained"]
     assert res["task"] == "multilabel" and res["val_images"] == 96
     assert res["epochs_logged"] == [1, 2, 3, 4]
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the CPU-trained bundled checkpoint does not transfer better than random init "
-    "(docs/RESULTS.md); when a model that does is bundled this XPASSes: update the claim",
-)
-def test_pretraining_beats_random_init_on_finetuning(scene_finetunes) -> None:
-    """The claim a useful pre-training must meet: a clear margin over an untrained backbone
-    with the same fine-tuning budget."""
-    assert scene_finetunes["pretrained"]["mAP"] > scene_finetunes["random"]["mAP"] + 0.02
 
 
 def photo_folder(root: Path, per_class: int, seed: int) -> Path:
