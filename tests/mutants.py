@@ -6,8 +6,9 @@ For every mutant: copy the repository's ``mcssl/`` and ``tests/`` to a temporary
 rest is linked), replace the one ``old`` snippet by ``new`` (it must occur exactly once, else
 the mutant is "NOT APPLIED"), and run the mutant's pytest node ids there, with that copy first
 on the path. A mutant is caught when pytest reports failing tests (exit code 1). First, unless
-``--no-baseline``, the union of the listed tests runs on an unmutated copy and must pass (else
-every mutant would look caught). Exit code 0 only if every mutant applied and was caught.
+``--no-baseline`` (CI: ``make test`` has just run them), the union of the listed tests runs on
+an unmutated copy and must pass (else every mutant would look caught). Exit code 0 only if
+every mutant applied and was caught.
 """
 
 from __future__ import annotations
@@ -131,17 +132,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.name:32s} {m.file}: {m.why}")
         return 0
     started = time.perf_counter()
-    if not args.no_baseline:
-        tests = sorted({t for m in mutants for t in m.tests})
-        with tempfile.TemporaryDirectory(prefix="mcssl-mutant-baseline-") as tmp:
-            make_copy(Path(tmp))
-            check_copy_is_used(Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="mcssl-mutant-baseline-") as tmp:
+        make_copy(Path(tmp))
+        check_copy_is_used(Path(tmp))
+        if not args.no_baseline:
+            tests = sorted({t for m in mutants for t in m.tests})
             rc, tail = run_tests(Path(tmp), tests)
-        if rc != 0:
-            print(f"baseline: the unmutated tests fail (pytest exit {rc}):\n{tail}")
-            return 1
-        secs = time.perf_counter() - started
-        print(f"baseline: {len(tests)} test ids pass unmutated ({secs:.0f} s)", flush=True)
+            if rc != 0:
+                print(f"baseline: the unmutated tests fail (pytest exit {rc}):\n{tail}")
+                return 1
+            secs = time.perf_counter() - started
+            print(f"baseline: {len(tests)} test ids pass unmutated ({secs:.0f} s)", flush=True)
     bad = 0
     for m in mutants:
         verdict, secs, detail = one(m)
