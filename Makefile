@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install app docs test test-all test-gpu lint format bench
+.PHONY: install app docs test test-all test-gpu lint format bench mutants
 PORT ?= 8501
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -36,6 +36,11 @@ test: lint
 
 test-all: lint
 	$(PY) -m pytest -m "not gpu" -q
+
+# plants each bug of tests/mutants.yaml in a temporary copy and runs the tests that must catch it
+# (MUTANTS_ARGS=--no-baseline when the suite has just passed, as in .ci/run)
+mutants: install
+	$(PY) tests/mutants.py $(MUTANTS_ARGS)
 
 test-gpu: install
 	$(PY) -m pytest -m gpu -q

@@ -122,26 +122,44 @@ def scene_csv(root: Path, n: int, seed: int) -> Path:
     return root / "labels.csv"
 
 
-@pytest.mark.slow
-def test_finetuning_the_bundled_checkpoint_beats_chance(tmp_path: Path) -> None:
-    """Multi-label scenes (labels = concept classes present), 4 epochs at 64 px. Measured:
-    mAP 0.524 vs chance 0.402. A random-init backbone with the same budget gets 0.522 here,
-    and beats the bundled model with 640 training scenes (fine-tune 0.580 vs 0.564, linear
-    probe 0.584 vs 0.565): the CPU-trained default does not transfer (docs/RESULTS.md)."""
+@pytest.fixture(scope="module")
+def scene_finetunes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Multi-label scenes (labels = concept classes present), 4 epochs at 64 px, fine-tuned
+    from the bundled checkpoint and from an untrained backbone -> results and chance mAP."""
     from mcssl.cli import main
 
-    tr, va = scene_csv(tmp_path / "train", 192, 0), scene_csv(tmp_path / "val", 96, 1)
+    tmp = tmp_path_factory.mktemp("scenes")
+    tr, va = scene_csv(tmp / "train", 192, 0), scene_csv(tmp / "val", 96, 1)
     ckpt = os.environ.get("MCSSL_FT_CHECKPOINT", "default")  # another model to compare
-    args = ["eval", "finetune", "--checkpoint", ckpt, "--format", "csv", "--train", str(tr),
-            "--val", str(va), "--epochs", "4", "--batch-size", "32", "--img-size", "64",
-            "--workers", "0", "--lr", "4e-3", "--out", str(tmp_path / "ft")]  # fmt: skip
-    assert main(args) == 0
-    res = json.loads((tmp_path / "ft" / "results.json").read_text())
-    chance = read_csv(va).targets.mean()  # the mAP of random scores = the positive rate
-    assert res["mAP"] > chance + 0.08
+    out: dict[str, dict] = {}
+    for name, extra in (("pretrained", []), ("random", ["--random-init"])):
+        args = ["eval", "finetune", "--checkpoint", ckpt, "--format", "csv", "--train", str(tr),
+                "--val", str(va), "--epochs", "4", "--batch-size", "32", "--img-size", "64",
+                "--workers", "0", "--lr", "4e-3", "--out", str(tmp / name), *extra]  # fmt: skip
+        assert main(args) == 0
+        out[name] = json.loads((tmp / name / "results.json").read_text())
+        rows = [json.loads(line) for line in (tmp / name / "metrics.jsonl").open()]
+        out[name]["epochs_logged"] = [r["epoch"] for r in rows]
+    out["chance"] = {"mAP": float(read_csv(va).targets.mean())}  # mAP of random scores
+    print({k: v["mAP"] for k, v in out.items()})
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # two fine-tunes: ~5 min each on a busy 2-core CPU
+def test_finetuning_on_few_scenes_starts_better_from_the_bundled_checkpoint(
+    scene_finetunes,
+) -> None:
+    """Would fail if pre-training did nothing useful for this task. Measured (2026-12-02,
+    2-core CPU): bundled 0.529, random init 0.501, chance 0.402. A small-data claim only:
+    with 640 training scenes random init wins (0.580 vs 0.564, docs/RESULTS.md), so the
+    CPU-trained default is not a generally better starting point."""
+    pre, rnd, chance = (scene_finetunes[k]["mAP"] for k in ("pretrained", "random", "chance"))
+    assert rnd > chance + 0.06  # the protocol itself learns
+    assert pre > rnd + 0.01
+    res = scene_finetunes["pretrained"]
     assert res["task"] == "multilabel" and res["val_images"] == 96
-    rows = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").open()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and (tmp_path / "ft" / "last.pt").exists()
+    assert res["epochs_logged"] == [1, 2, 3, 4]
 
 
 def photo_folder(root: Path, per_class: int, seed: int) -> Path:
