@@ -70,7 +70,12 @@ def page():
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian chromium is required (.ci/run installs it with apt-get)"
+    if not chromium:
+        pytest.fail(
+            "the browser test needs Debian chromium: run `bash scripts/install_browser.sh` "
+            "(or `make test`, which runs it; apt-get as root or with sudo)",
+            pytrace=False,
+        )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
