@@ -213,8 +213,8 @@ def _from_ours(
     _load_strict(head, head_sd, f"{path} concept head")
     info = {
         "format": "mcssl",
-        "arch": mcfg.arch,
-        "patch_size": str(mcfg.patch_size),
+        "arch": _arch_name(mcfg.arch, int(backbone.patch_embed.patch_size[0])),
+        "patch_size": str(backbone.patch_embed.patch_size[0]),
         "img_size": str(mcfg.img_size),
         "num_concepts": str(mcfg.num_concepts),
         "recipe": meta.get("recipe", ""),
@@ -222,6 +222,12 @@ def _from_ours(
         "data": meta.get("data", ""),
     }
     return Encoder(backbone, head, sd["center"].float().view(-1), teacher_temp, info)
+
+
+def _arch_name(arch: str, patch: int) -> str:
+    """The timm name, saying so when the recipe overrode the patch size it names."""
+    named = re.search(r"patch(\d+)", arch)
+    return f"{arch}, patch {patch}" if named and int(named.group(1)) != patch else arch
 
 
 def _from_run(state: dict, path: Path) -> Encoder:

@@ -143,6 +143,10 @@ class FeatureExtractor:
         probs = enc.concept_probs(by_idx[last]) if enc.has_concepts else None
         return by_idx[layer], probs
 
+    @property
+    def dtype_name(self) -> str:
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
     def missing(self, images: list[Image.Image]) -> int:
         """How many of ``images`` are not cached yet (what a call would compute)."""
         return len({k for k in map(self._key, images) if k not in self.cache})
