@@ -24,7 +24,5 @@ page = st.sidebar.radio("Page", list(PAGES), key="page", horizontal=True)
 st.title(f"mcssl · {page}")
 if page == "Train":  # the Train page needs no model or images
     common.guarded(PAGES[page])
-else:
-    ctx = common.context()
-    if ctx is not None:
-        common.guarded(lambda: PAGES[page](ctx))
+else:  # the sidebar too runs inside the guard: a bad checkpoint is one message
+    common.guarded(lambda: common.with_context(page, PAGES[page]))

@@ -105,7 +105,9 @@ def gallery_index(
         except TokenIndexError:
             pass  # a damaged cache is rebuilt
     index: TokenIndex | None = None
-    step = extractor.settings.batch_size
+    step = (
+        extractor.settings.batch_size if progress is None else min(4, extractor.settings.batch_size)
+    )
     for i in range(0, len(gallery), step):
         feats = extractor(gallery.images[i : i + step])
         for name, f in zip(gallery.names[i : i + step], feats, strict=True):
