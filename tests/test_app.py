@@ -246,6 +246,11 @@ def test_train_page_launches_watches_and_exports(app: AppTest, tmp_path: Path) -
     app.sidebar.radio(key="page").set_value("Train").run()
     _ok(app)
     assert any("No training job yet" in i.value for i in app.info)
+    app.selectbox(key="recipe").set_value("paper_vits16").run()
+    assert any("GPU recipe" in w.value for w in app.warning)  # this test machine has no GPU
+    assert any("1.6 years for ImageNet" in c.value for c in app.caption)
+    app.selectbox(key="recipe").set_value("smoke").run()
+    assert not app.warning and any("seconds on a CPU" in c.value for c in app.caption)
     app.text_area(key="overrides").set_value("optim.epochs=nope")
     app.button[0].click().run()  # the form's submit button
     assert "optim.epochs" in app.error[0].value  # a bad override is refused before launching
@@ -254,17 +259,20 @@ def test_train_page_launches_watches_and_exports(app: AppTest, tmp_path: Path) -
     app.text_area(key="overrides").set_value("optim.epochs=1")
     app.button[0].click().run()
     _ok(app)
+    from mcssl.jobs import Jobs
+
     deadline = time.time() + 240
-    while time.time() < deadline and not (out / "teacher.safetensors").exists():
-        time.sleep(1)
-    time.sleep(2)
+    while time.time() < deadline and Jobs(tmp_path / "runs").current().status != "finished":
+        time.sleep(1)  # the export is written before the job says finished
     app.run()
     _ok(app)
     assert (out / "teacher.safetensors").exists()
     assert any("finished" in h.value for h in app.subheader)
     assert any("Exported" in s.value for s in app.success)
+    assert app.text_area(key="overrides").value == "optim.epochs=1"  # what the user typed stays
+    assert app.text_input(key="train_out").value == str(out)
     app.sidebar.radio(key="page").set_value("Explore").run()
-    assert str(out / "teacher.safetensors") in app.sidebar.selectbox(key="checkpoint").options
+    assert "run smoke-app · export" in app.sidebar.selectbox(key="checkpoint").options
 
 
 def test_train_page_shows_a_collapse_banner_and_health_curves(app: AppTest, tmp_path: Path) -> None:
