@@ -67,9 +67,15 @@ def upload_gallery(key: str, _files: tuple[tuple[str, bytes], ...]) -> Gallery:
 def labels(
     key: str, _feats: list[ImageFeatures], ks: tuple[int, ...], cocluster: bool
 ) -> list[dict[int, np.ndarray]]:
-    """k-means labels, cached by ``key`` (model, images, settings); chained through every k
-    choice so that a k's colours do not change when other ks are added or removed."""
+    """k-means labels for every k of ``ks``, cached by ``key`` (model, images, settings);
+    chained through every k choice so that a k's colours do not change when other ks are
+    added or removed."""
     return label_features(_feats, ks, 0, cocluster, chain=KS)
+
+
+def all_labels(ctx: Context, names: list[str], feats: list[ImageFeatures], cocluster: bool):
+    """Labels for every k choice at once (a few ms of k-means each): picking ks is then free."""
+    return labels(ctx.key(names, KS, cocluster), feats, KS, cocluster)
 
 
 # ---- sidebar ------------------------------------------------------------------------------
@@ -144,7 +150,7 @@ class Context:
     def shown(self, name: str):
         """The image at display size (longer side <= SHOW_SIDE): overlays and heat-maps are
         drawn at this size, which keeps a rerun's encoding and transfer small."""
-        return shrink(self.image(name))
+        return shrink(self.image(name), f"{self.gallery.digest}|{name}")
 
 
 SHOW_SIDE = 448
@@ -158,17 +164,21 @@ def token_at(click: dict, grid: tuple[int, int]) -> tuple[int, int]:
     return r, c
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def _shrunk(_img, digest: str):
+@st.cache_resource(max_entries=512, show_spinner=False)
+def _shrunk(_img, key: str):
+    """Shared, not copied: shown images are never modified in place."""
     img = _img.copy()
     img.thumbnail((SHOW_SIDE, SHOW_SIDE))
     return img
 
 
-def shrink(img):
+def shrink(img, key: str | None = None):
+    """``img`` at display size; ``key`` names its pixels (default: their digest)."""
+    if max(img.size) <= SHOW_SIDE:
+        return img
     from mcssl.explore.features import image_digest
 
-    return _shrunk(img, image_digest(img)) if max(img.size) > SHOW_SIDE else img
+    return _shrunk(img, key or image_digest(img))
 
 
 def _model_sidebar() -> tuple[str, float] | None:
@@ -214,34 +224,40 @@ KS = K_CHOICES  # colours of a k do not depend on which other ks are shown (chai
 PAGE_SETTINGS = {"Explore": ("alpha", "smooth"), "Concepts": ("alpha", "smooth"), "Retrieve": ()}
 
 
-def keep(*keys: str) -> None:
-    """Widgets a page does not draw lose their value; re-assigning it keeps it for later."""
+SETTINGS = {"res": 224, "layer": -1, "fp32": False, "alpha": 0.5, "smooth": False, "ks": [2, 3, 4]}
+
+
+def keep(*keys: str, defaults: dict | None = None) -> None:
+    """Widgets a page does not draw lose their value; re-assigning it keeps it for later.
+    With ``defaults``, a missing key starts at its default: widgets keyed so are then made
+    without a default of their own (Streamlit warns about both)."""
+    defaults = defaults or {}
     for key in keys:
-        if key in st.session_state:
-            st.session_state[key] = st.session_state[key]
+        if key in st.session_state or key in defaults:
+            st.session_state[key] = st.session_state.get(key, defaults.get(key))
 
 
 def _settings_sidebar(page: str, depth: int | None) -> tuple[int, int, str, float, bool]:
     """Only the settings that change what ``page`` shows (the others keep their values)."""
     st.sidebar.header("Settings")
-    keep("alpha", "smooth", "ks")
-    res = st.sidebar.select_slider("Resolution (shorter side)", RESOLUTIONS, 224, key="res")
+    keep(*SETTINGS, defaults=SETTINGS)
+    res = st.sidebar.select_slider("Resolution (shorter side)", RESOLUTIONS, key="res")
     lo, hi = (-depth, depth - 1) if depth else (-1, -1)
     if not lo <= st.session_state.get("layer", -1) <= hi:  # another model: a layer it has
         st.session_state["layer"] = -1
     layer = st.sidebar.number_input(
-        "Layer (-1 = last)", lo, hi, -1, key="layer",
+        "Layer (-1 = last)", lo, hi, key="layer",
         help=f"block whose tokens are used: 0..{hi} from the input, -1..{lo} from the end",
     )  # fmt: skip
     fp32 = st.sidebar.checkbox(
-        "Full precision (fp32)", False, key="fp32",
+        "Full precision (fp32)", key="fp32",
         help="default: bf16 where the CPU/GPU computes it natively (about 2x faster, token "
         "features within cosine 0.99 of fp32); fp32 everywhere else",
     )  # fmt: skip
     alpha, smooth = 0.5, False
     if "alpha" in PAGE_SETTINGS.get(page, ()):
-        alpha = st.sidebar.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="alpha")
-        smooth = st.sidebar.checkbox("Smooth masks", False, key="smooth")
+        alpha = st.sidebar.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="alpha")
+        smooth = st.sidebar.checkbox("Smooth masks", key="smooth")
     return int(res), int(layer), "fp32" if fp32 else "auto", float(alpha), bool(smooth)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-from common import KS, Context, labels, token_at
+from common import KS, Context, all_labels, token_at
 from PIL import Image
 from streamlit_image_coordinates import streamlit_image_coordinates
 
@@ -96,23 +96,22 @@ def _body(ctx: Context) -> None:
     rows = []
     cols = st.columns(len(chosen))
     for j, (col, name, f) in enumerate(zip(cols, chosen, feats, strict=True)):
-        (lab,) = labels(ctx.key([name], (k,), False), [f], (k,), False)
+        (lab,) = all_labels(ctx, [name], [f], False)
         img, grid = ctx.shown(name), lab[k]
         with col:
             key = f"cluster_{name}"
             if st.session_state.get(key, 0) >= k:  # k went down: the old choice is gone
                 st.session_state[key] = 0
-            full = upsample_labels(grid, (img.height, img.width), ctx.smooth)
-            c = st.session_state.get(key, 0)
-            shown = overlay(img, full, ctx.alpha, highlight=c)
-            click = streamlit_image_coordinates(
-                shown, width="stretch", key=f"cc_{name}", image_format="JPEG", jpeg_quality=90
-            )
+            click = st.session_state.get(f"cc_{name}")  # read before drawing: no second run
             picked = clicked_cluster(grid, click)
             if picked is not None and st.session_state.get(f"{key}_click") != click:
                 st.session_state[f"{key}_click"] = click  # a new click picks its cluster
                 st.session_state[key] = picked
-                st.rerun(scope="fragment")  # redraw the highlight
+            full = upsample_labels(grid, (img.height, img.width), ctx.smooth)
+            shown = overlay(img, full, ctx.alpha, highlight=st.session_state.get(key, 0))
+            streamlit_image_coordinates(
+                shown, width="stretch", key=f"cc_{name}", image_format="JPEG", jpeg_quality=90
+            )
             c = st.selectbox(f"Cluster in {name}", list(range(k)), key=key,
                              format_func=lambda i: f"cluster {i}")  # fmt: skip
             mean = cluster_mean_probs(f.probs, grid.ravel(), k)[c]

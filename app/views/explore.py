@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 import streamlit as st
-from common import KS, Context, labels
+from common import KS, Context, all_labels
 from PIL import Image
 
 from mcssl.explore.concepts import cluster_mean_probs, top_concepts, upsample_labels
@@ -46,12 +46,10 @@ def overlays(ctx: Context, names: list[str], ks: tuple[int, ...], cocluster: boo
     (the downloads; the page draws display-size overlays)."""
     feats = ctx.features(names)
     if cocluster:
-        labs = labels(ctx.key(names, ks, True), feats, ks, True)
+        labs = all_labels(ctx, names, feats, True)
     else:
-        labs = [
-            labels(ctx.key([n], ks, False), [f], ks, False)[0]
-            for n, f in zip(names, feats, strict=True)
-        ]
+        labs = [all_labels(ctx, [n], [f], False)[0] for n, f in zip(names, feats, strict=True)]
+    labs = [{k: lab[k] for k in ks} for lab in labs]
     out = []
     for name, lab in zip(names, labs, strict=True):
         img = ctx.image(name)
@@ -106,7 +104,6 @@ def _rows(ctx: Context) -> None:
     names = ctx.gallery.names
     top = st.columns([4, 2, 2])
     chosen = top[0].multiselect("Images", names, names[: min(6, len(names))], key="explore_images")
-    st.session_state.setdefault("ks", [2, 3, 4])
     ks = tuple(top[1].multiselect("k (clusters per image)", KS, key="ks", on_change=_sort_ks))
     cocluster = top[2].toggle(
         "Co-cluster these images", key="cocluster",
@@ -121,7 +118,7 @@ def _rows(ctx: Context) -> None:
     st.image(legend(max(ks), [f"cluster {i}" for i in range(max(ks))]), caption="colour key")
     if cocluster:  # one clustering of all chosen images: all features first
         feats = ctx.features(chosen)
-        labs = labels(ctx.key(chosen, ks, True), feats, ks, True)
+        labs = all_labels(ctx, chosen, feats, True)
         group = {n: chosen for n in chosen}
     else:  # row by row: the first row shows while the next image is being encoded
         feats, labs, group = [], [], {n: [n] for n in chosen}
@@ -132,11 +129,11 @@ def _rows(ctx: Context) -> None:
         if not cocluster:
             (f,) = ctx.extractor([ctx.image(name)])
             feats.append(f)
-            labs += labels(ctx.key([name], ks, False), [f], ks, False)
+            labs += all_labels(ctx, [name], [f], False)
             if bar is not None:
                 what = f"Computing features ({ctx.extractor.dtype_name})"
                 bar.progress((i + 1) / len(chosen), text=f"{what}: {i + 1}/{len(chosen)} images")
-        img, lab = ctx.shown(name), labs[i]
+        img, lab = ctx.shown(name), {k: labs[i][k] for k in ks}
         shown[name] = lab
         key = ctx.key(group[name], cocluster)
         cols = st.columns(1 + len(ks))

@@ -72,6 +72,10 @@ def _body(ctx: Context, index: TokenIndex) -> None:
     one = opts[3].checkbox("One hit per image", key="one_per_image")
     img = ctx.shown(name)
     (f,) = ctx.features([name])
+    click = st.session_state.get("token_click")  # read before drawing: no second run
+    if click and st.session_state.get("last_click") != click:
+        st.session_state["last_click"] = click
+        st.session_state["token"] = (name, *token_at(click, f.grid))
     token = st.session_state.get("token")
     left, right = st.columns(2)
     with left:
@@ -79,13 +83,9 @@ def _body(ctx: Context, index: TokenIndex) -> None:
         if token and token[0] == name:
             th, tw = img.height / f.grid[0], img.width / f.grid[1]
             shown = draw_token_box(img, token[1], token[2], th, tw, width=3)
-        click = streamlit_image_coordinates(
+        streamlit_image_coordinates(
             shown, width=SHOWN_WIDTH, key="token_click", image_format="JPEG", jpeg_quality=90
         )
-        if click and st.session_state.get("last_click") != click:
-            st.session_state["last_click"] = click
-            st.session_state["token"] = (name, *token_at(click, f.grid))
-            st.rerun(scope="fragment")
         st.caption("Click a token.")
     if not token or token[0] != name:
         return

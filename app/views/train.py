@@ -11,7 +11,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
-from common import keep, runs_dir
+from common import SETTINGS, keep, runs_dir
 from PIL import Image
 
 from mcssl import monitor
@@ -89,7 +89,7 @@ def loss_figure(rows: list[dict]) -> go.Figure:
 
 def _form(jobs: Jobs) -> None:
     names = recipes()
-    recipe = st.selectbox("Recipe", names, index=names.index("smoke"), key="recipe")
+    recipe = st.selectbox("Recipe", names, key="recipe")
     st.caption(f"{describe(recipe)} **Time:** {TIMES.get(recipe, 'unknown')}.")
     if recipe in GPU_ONLY and not describe_device("auto").startswith("cuda"):
         st.warning(f"{recipe} is a GPU recipe: on this CPU it would take days to years. "
@@ -166,7 +166,8 @@ def _status(job: Job) -> None:
 
 
 def render() -> None:
-    keep("recipe", "train_data", "train_out", "overrides")  # kept while a job runs
+    keep("train_data", "train_out", "overrides", *SETTINGS)  # kept while a job runs
+    keep("recipe", defaults={"recipe": "smoke"})
     jobs = Jobs(runs_dir())
     job = jobs.current()
     st.caption(f"Runs folder: {runs_dir()}")
