@@ -173,8 +173,7 @@ def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) 
     page.get_by_role("button", name="query from here").nth(4).click()
     page.get_by_text(f"cosine similarity to token ({r}, {c})").wait_for()
     _idle(page)
-    query = page.locator('[data-testid="stSelectbox"]').filter(has_text="Query image")
-    assert name in query.inner_text()
+    assert page.get_by_role("combobox", name="Query image").input_value() == name
     first = page.get_by_text(re.compile(r"^\S+ \(\d+,\d+\) \d\.\d{3}")).first.inner_text()
     assert first.split()[2] == "1.000"  # the best hit of the new query is the token itself
 
