@@ -87,10 +87,13 @@ def page():
         browser.close()
 
 
-def _shot(page, name: str) -> None:
+def _shot(page, name: str, height: int = 1000) -> None:
+    """The app scrolls inside its own container: a taller window shows the whole page."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(500)  # let the last images paint
+    page.set_viewport_size({"width": 1400, "height": height})
+    page.wait_for_timeout(800)  # let the last images paint
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 1000})
 
 
 def _go(page, name: str) -> None:
@@ -130,7 +133,7 @@ def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) 
     progress = page.evaluate("window.__progress")
     assert any(t.startswith("Computing features") and t.endswith("6/6 images") for t in progress)
     assert page.evaluate("window.__running")  # the running indicator was shown
-    _shot(page, "explore")
+    _shot(page, "explore", 1500)
 
     img = tmp_path / "mine.png"
     rng = np.random.default_rng(0)
@@ -156,7 +159,7 @@ def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) 
     )
     kind, title = layout.split("|", 1)
     assert kind == "category" and title.startswith("pseudo-concept id")  # "#129" is a name
-    _shot(page, "concepts")
+    _shot(page, "concepts", 1650)
 
     _go(page, "Retrieve")
     page.get_by_text("Click a token.").wait_for()
@@ -167,7 +170,7 @@ def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) 
     page.get_by_text("Top 12 tokens across 9 images").wait_for()
     page.get_by_text("cosine similarity to token").wait_for()
     _idle(page)
-    _shot(page, "retrieve")
+    _shot(page, "retrieve", 1500)
     caption = page.get_by_text(re.compile(r"^\S+ \(\d+,\d+\) \d\.\d{3}")).nth(4).inner_text()
     name, r, c = re.match(r"^(\S+) \((\d+),(\d+)\)", caption).groups()
     page.get_by_role("button", name="query from here").nth(4).click()
@@ -184,7 +187,7 @@ def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) 
     page.get_by_role("button", name="Start training").click()
     page.get_by_text("finished: browser-smoke").wait_for(timeout=240_000)
     page.get_by_text(f"Exported {out / 'teacher.safetensors'}").wait_for()
-    _shot(page, "train")
+    _shot(page, "train", 1600)
     assert (out / "teacher.safetensors").exists()
 
     _go(page, "Explore")
