@@ -15,7 +15,13 @@ import numpy as np
 import streamlit as st
 
 from mcssl.explore.concepts import K_CHOICES
-from mcssl.explore.encoder import DEFAULT_CHECKPOINT, Encoder, EncoderError, load_encoder
+from mcssl.explore.encoder import (
+    DEFAULT_CHECKPOINT,
+    Encoder,
+    EncoderError,
+    arch_label,
+    load_encoder,
+)
 from mcssl.explore.features import FeatureExtractor, ImageFeatures, Settings
 from mcssl.explore.gallery import Gallery
 from mcssl.explore.pipeline import label_features
@@ -304,7 +310,7 @@ def model_facts(enc: Encoder) -> None:
     patch 16 while the recipe overrides it)."""
     info = enc.info
     facts = {
-        "architecture": info.get("arch", "?"),
+        "architecture": arch_label(info.get("arch", "?"), enc.patch_size),
         "patch": enc.patch_size,
         "depth (blocks)": enc.depth,
         "width": enc.backbone.embed_dim,

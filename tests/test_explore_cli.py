@@ -192,9 +192,9 @@ def test_cocluster_gives_one_labelling_across_images(export, photos, tmp_path: P
     from mcssl.explore.encoder import load_encoder
     from mcssl.explore.features import FeatureExtractor, Settings
 
-    code, data = concepts(export, tmp_path / "co", photos[:3], "--cocluster")
+    code, data = concepts(export, tmp_path / "co", photos[:3], "--cocluster", "--fp32")
     assert code == 0 and data["settings"]["cocluster"] is True
-    ex = FeatureExtractor(load_encoder(export), Settings(resolution=64))
+    ex = FeatureExtractor(load_encoder(export), Settings(resolution=64, precision="fp32"))
     feats = ex([Image.open(p).convert("RGB") for p in photos[:3]])
     want = cocluster_for_ks([f.tokens for f in feats], (2, 3, 4), 0)
     for i, rec in enumerate(data["images"]):

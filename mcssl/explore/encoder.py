@@ -213,7 +213,7 @@ def _from_ours(
     _load_strict(head, head_sd, f"{path} concept head")
     info = {
         "format": "mcssl",
-        "arch": _arch_name(mcfg.arch, int(backbone.patch_embed.patch_size[0])),
+        "arch": mcfg.arch,
         "patch_size": str(backbone.patch_embed.patch_size[0]),
         "img_size": str(mcfg.img_size),
         "num_concepts": str(mcfg.num_concepts),
@@ -224,8 +224,9 @@ def _from_ours(
     return Encoder(backbone, head, sd["center"].float().view(-1), teacher_temp, info)
 
 
-def _arch_name(arch: str, patch: int) -> str:
-    """The timm name, saying so when the recipe overrode the patch size it names."""
+def arch_label(arch: str, patch: int) -> str:
+    """The timm name for display, saying so when the recipe overrode the patch size it names
+    (``vit_tiny_patch16_224`` trained with patch 8)."""
     named = re.search(r"patch(\d+)", arch)
     return f"{arch}, patch {patch}" if named and int(named.group(1)) != patch else arch
 
