@@ -159,7 +159,7 @@ def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) 
     )
     kind, title = layout.split("|", 1)
     assert kind == "category" and title.startswith("pseudo-concept id")  # "#129" is a name
-    _shot(page, "concepts", 1650)
+    _shot(page, "concepts", 1800)
 
     _go(page, "Retrieve")
     page.get_by_text("Click a token.").wait_for()

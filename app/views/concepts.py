@@ -56,7 +56,12 @@ def bars(rows: list[tuple[str, int, np.ndarray]], top_n: int) -> go.Figure:
         marker = {
             "color": rgb(PALETTE[cluster % len(PALETTE)]),
             "line": {"color": "#333", "width": 1},
-            "pattern": {"shape": PATTERNS[j % len(PATTERNS)], "fgcolor": "#333"},
+            "pattern": {
+                "shape": PATTERNS[j % len(PATTERNS)],
+                "fgcolor": "#333",
+                "fillmode": "overlay",
+                "solidity": 0.25,
+            },  # hatch over the colour
         }
         fig.add_bar(x=ticks, y=[float(mean[i]) for i in ids], name=label, marker=marker)
     text = [f'<span style="color:{c}">■</span> {t}' for c, t in zip(squares, ticks, strict=True)]

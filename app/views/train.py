@@ -77,7 +77,7 @@ def series(
     steps = [r["step"] for r in rows]
     for name in names:
         if rows and name in rows[-1]:
-            fig.add_scatter(x=steps, y=[r.get(name) for r in rows], name=name, mode="lines")
+            fig.add_scatter(x=steps, y=[r.get(name) for r in rows], name=name, mode="lines+markers")
     fig.update_layout(height=300, xaxis_title="training step", yaxis_title=y_title, title=title,
                       margin={"t": 30, "b": 40})  # fmt: skip
     return fig
