@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install app docs test test-all test-gpu lint format bench mutants
+.PHONY: install app docs test test-all test-gpu lint format bench browser mutants
 PORT ?= 8501
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -31,10 +31,14 @@ format: install
 docs: install
 	$(PY) -c "from mcssl.cli import reference; print(reference(), end='')" > docs/CLI.md
 
-test: lint
+# Debian chromium for the real-browser test (apt-get, as root or with sudo) when missing
+browser:
+	bash scripts/install_browser.sh
+
+test: lint browser
 	$(PY) -m pytest -m "not slow and not gpu" -q
 
-test-all: lint
+test-all: lint browser
 	$(PY) -m pytest -m "not gpu" -q
 
 # plants each bug of tests/mutants.yaml in a temporary copy and runs the tests that must catch it

@@ -15,7 +15,14 @@ import numpy as np
 import streamlit as st
 from auth import PathRefused, checked
 
-from mcssl.explore.encoder import DEFAULT_CHECKPOINT, Encoder, EncoderError, load_encoder
+from mcssl.explore.concepts import K_CHOICES
+from mcssl.explore.encoder import (
+    DEFAULT_CHECKPOINT,
+    Encoder,
+    EncoderError,
+    arch_label,
+    load_encoder,
+)
 from mcssl.explore.features import FeatureExtractor, ImageFeatures, Settings
 from mcssl.explore.gallery import Gallery
 from mcssl.explore.pipeline import label_features
@@ -39,10 +46,13 @@ def encoder(spec: str, stamp: float) -> Encoder:
     return load_encoder(spec)
 
 
-@st.cache_resource(max_entries=8)
-def extractor(spec: str, stamp: float, resolution: int, layer: int) -> FeatureExtractor:
+@st.cache_resource(max_entries=8, show_spinner=False)
+def extractor(
+    spec: str, stamp: float, resolution: int, layer: int, precision: str = "auto"
+) -> FeatureExtractor:
     """One per (model, settings), so its feature cache survives reruns."""
-    return FeatureExtractor(encoder(spec, stamp), Settings(resolution=resolution, layer=layer))
+    settings = Settings(resolution=resolution, layer=layer, precision=precision)
+    return FeatureExtractor(encoder(spec, stamp), settings)
 
 
 @st.cache_resource(show_spinner="Loading the demo photos…")
@@ -64,8 +74,15 @@ def upload_gallery(key: str, _files: tuple[tuple[str, bytes], ...]) -> Gallery:
 def labels(
     key: str, _feats: list[ImageFeatures], ks: tuple[int, ...], cocluster: bool
 ) -> list[dict[int, np.ndarray]]:
-    """k-means labels, cached by ``key`` (model, images, settings)."""
-    return label_features(_feats, ks, 0, cocluster)
+    """k-means labels for every k of ``ks``, cached by ``key`` (model, images, settings);
+    chained through every k choice so that a k's colours do not change when other ks are
+    added or removed."""
+    return label_features(_feats, ks, 0, cocluster, chain=KS)
+
+
+def all_labels(ctx: Context, names: list[str], feats: list[ImageFeatures], cocluster: bool):
+    """Labels for every k choice at once (a few ms of k-means each): picking ks is then free."""
+    return labels(ctx.key(names, KS, cocluster), feats, KS, cocluster)
 
 
 # ---- sidebar ------------------------------------------------------------------------------
@@ -84,6 +101,18 @@ def checkpoint_choices() -> list[str]:
     return [c for c in dict.fromkeys(found) if c != default_file]
 
 
+def checkpoint_label(choice: str) -> str:
+    """Short and distinct: a run's export and its folder must not read the same."""
+    if choice == "default":
+        return "default (bundled)"
+    p = Path(choice)
+    if p.name == "teacher.safetensors":
+        return f"run {p.parent.name} · export"
+    if (p / "last.pt").exists():
+        return f"run {p.name} · last.pt"
+    return p.name
+
+
 def _stamp(spec: str) -> float:
     path = Path(os.environ.get("MCSSL_DEFAULT_CHECKPOINT", DEFAULT_CHECKPOINT))
     path = path if spec == "default" else Path(spec)
@@ -96,7 +125,6 @@ class Context:
     spec: str
     extractor: FeatureExtractor
     gallery: Gallery
-    ks: tuple[int, ...]
     alpha: float
     smooth: bool
 
@@ -112,8 +140,16 @@ class Context:
         return h.hexdigest()
 
     def features(self, names: list[str]) -> list[ImageFeatures]:
-        idx = [self.gallery.names.index(n) for n in names]
-        return self.extractor([self.gallery.images[i] for i in idx])
+        """Features of the named images; a progress bar names what is computed."""
+        images = [self.image(n) for n in names]
+        todo = self.extractor.missing(images)
+        if not todo:
+            return self.extractor(images)
+        what = f"Computing features ({self.extractor.dtype_name}) of {todo} image(s)"
+        bar = st.progress(0.0, text=f"{what}: 0/{todo}")
+        out = self.extractor(images, lambda d, t: bar.progress(d / t, text=f"{what}: {d}/{t}"))
+        bar.empty()
+        return out
 
     def image(self, name: str):
         return self.gallery.images[self.gallery.names.index(name)]
@@ -121,7 +157,7 @@ class Context:
     def shown(self, name: str):
         """The image at display size (longer side <= SHOW_SIDE): overlays and heat-maps are
         drawn at this size, which keeps a rerun's encoding and transfer small."""
-        return shrink(self.image(name))
+        return shrink(self.image(name), f"{self.gallery.digest}|{name}")
 
 
 SHOW_SIDE = 448
@@ -135,24 +171,35 @@ def token_at(click: dict, grid: tuple[int, int]) -> tuple[int, int]:
     return r, c
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def _shrunk(_img, digest: str):
+@st.cache_resource(max_entries=512, show_spinner=False)
+def _shrunk(_img, key: str):
+    """Shared, not copied: shown images are never modified in place."""
     img = _img.copy()
     img.thumbnail((SHOW_SIDE, SHOW_SIDE))
     return img
 
 
-def shrink(img):
+def shrink(img, key: str | None = None):
+    """``img`` at display size; ``key`` names its pixels (default: their digest)."""
+    if max(img.size) <= SHOW_SIDE:
+        return img
     from mcssl.explore.features import image_digest
 
-    return _shrunk(img, image_digest(img)) if max(img.size) > SHOW_SIDE else img
+    return _shrunk(img, key or image_digest(img))
 
 
 def _model_sidebar() -> tuple[str, float] | None:
     st.sidebar.header("Model")
     choices = checkpoint_choices()
-    picked = st.sidebar.selectbox("Checkpoint", choices, key="checkpoint")
-    typed = st.sidebar.text_input("…or a path", key="checkpoint_path", placeholder="/path/to/ckpt")
+    picked = st.sidebar.selectbox(
+        "Checkpoint", choices, key="checkpoint", format_func=checkpoint_label,
+        help="the bundled model, files under checkpoints/ and the runs folder's runs",
+    )  # fmt: skip
+    typed = st.sidebar.text_input(
+        "…or a path", key="checkpoint_path", placeholder="/path/to/ckpt",
+        help="an mcssl export (.safetensors), a run folder or its last.pt, a reference MC-SSL /"
+        " DINO / iBOT checkpoint or a timm ViT state dict",
+    )  # fmt: skip
     spec = typed.strip() or picked
     if typed.strip() not in ("", "default"):  # the bundled checkpoint is always allowed
         try:
@@ -186,50 +233,98 @@ def _image_sidebar() -> Gallery | None:
     return upload_gallery(key, pairs)
 
 
-def _settings_sidebar() -> tuple[tuple[int, ...], int, int, float, bool]:
+KS = K_CHOICES  # colours of a k do not depend on which other ks are shown (chained through all)
+PAGE_SETTINGS = {"Explore": ("alpha", "smooth"), "Concepts": ("alpha", "smooth"), "Retrieve": ()}
+
+
+SETTINGS = {"res": 224, "layer": -1, "fp32": False, "alpha": 0.5, "smooth": False, "ks": [2, 3, 4]}
+
+
+def keep(*keys: str, defaults: dict | None = None) -> None:
+    """Widgets a page does not draw lose their value; re-assigning it keeps it for later.
+    With ``defaults``, a missing key starts at its default: widgets keyed so are then made
+    without a default of their own (Streamlit warns about both)."""
+    defaults = defaults or {}
+    for key in keys:
+        if key in st.session_state or key in defaults:
+            st.session_state[key] = st.session_state.get(key, defaults.get(key))
+
+
+def _settings_sidebar(page: str, depth: int | None) -> tuple[int, int, str, float, bool]:
+    """Only the settings that change what ``page`` shows (the others keep their values)."""
     st.sidebar.header("Settings")
-    ks = st.sidebar.multiselect("k (clusters per image)", [2, 3, 4, 5, 6, 8], [2, 3, 4], key="ks")
-    res = st.sidebar.select_slider("Resolution (shorter side)", RESOLUTIONS, 224, key="res")
-    layer = st.sidebar.number_input("Layer (-1 = last)", -12, 11, -1, key="layer")
-    alpha = st.sidebar.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="alpha")
-    smooth = st.sidebar.checkbox("Smooth masks", False, key="smooth")
-    return tuple(sorted(ks)) or (2,), int(res), int(layer), float(alpha), bool(smooth)
+    keep(*SETTINGS, defaults=SETTINGS)
+    res = st.sidebar.select_slider("Resolution (shorter side)", RESOLUTIONS, key="res")
+    lo, hi = (-depth, depth - 1) if depth else (-1, -1)
+    if not lo <= st.session_state.get("layer", -1) <= hi:  # another model: a layer it has
+        st.session_state["layer"] = -1
+    layer = st.sidebar.number_input(
+        "Layer (-1 = last)", lo, hi, key="layer",
+        help=f"block whose tokens are used: 0..{hi} from the input, -1..{lo} from the end",
+    )  # fmt: skip
+    fp32 = st.sidebar.checkbox(
+        "Full precision (fp32)", key="fp32",
+        help="default: bf16 where the CPU/GPU computes it natively (about 2x faster, token "
+        "features within cosine 0.99 of fp32); fp32 everywhere else",
+    )  # fmt: skip
+    alpha, smooth = 0.5, False
+    if "alpha" in PAGE_SETTINGS.get(page, ()):
+        alpha = st.sidebar.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="alpha")
+        smooth = st.sidebar.checkbox("Smooth masks", key="smooth")
+    return int(res), int(layer), "fp32" if fp32 else "auto", float(alpha), bool(smooth)
 
 
-def context() -> Context | None:
-    """Draws the sidebar; returns what the pages need, or None (a message is shown)."""
-    model = _model_sidebar()
+def with_context(page: str, render) -> None:
+    """Draws the sidebar and runs ``render(ctx)``; called inside :func:`guarded`, so an
+    unusable checkpoint or image source is one message and the page keeps working."""
+    ctx = context(page)
+    if ctx is not None:
+        render(ctx)
+
+
+def context(page: str = "Explore") -> Context | None:
+    """Draws the sidebar; returns what the pages need, or None (one message is shown)."""
+    model = _model_sidebar()  # None: a refused path, already said
     try:
-        gallery = _image_sidebar()
+        gallery, image_error = _image_sidebar(), None
     except (ImageError, PathRefused) as e:
-        st.error(str(e))
-        return None
-    ks, res, layer, alpha, smooth = _settings_sidebar()
-    if model is None:
+        gallery, image_error = None, str(e)
+    enc, model_error = None, None
+    if model is not None:
+        try:
+            enc = encoder(*model)
+        except EncoderError as e:
+            model_error = str(e)
+    res, layer, precision, alpha, smooth = _settings_sidebar(page, enc.depth if enc else None)
+    if enc is None:
+        if model_error is not None:
+            st.error(f"The model could not be loaded: {model_error}")
         return None
     spec, stamp = model
-    try:
-        ex = extractor(spec, stamp, res, layer)
-    except EncoderError as e:
-        st.sidebar.error(str(e))
-        st.error(f"The model could not be loaded: {e}")
+    model_facts(enc)
+    if image_error is not None:
+        st.error(image_error)
         return None
-    model_facts(ex.encoder)
     if gallery is None:
         return None
-    for err in gallery.errors:
+    for err in dict.fromkeys(gallery.errors):  # one warning per distinct problem
         st.warning(err)
     if not len(gallery):
         st.error("None of the images could be read.")
         return None
-    return Context(spec, ex, gallery, ks, alpha, smooth)
+    ex = extractor(spec, stamp, res, layer, precision)
+    return Context(spec, ex, gallery, alpha, smooth)
 
 
 def model_facts(enc: Encoder) -> None:
+    """What the loaded model is, read from the weights (the config's timm name can say
+    patch 16 while the recipe overrides it)."""
     info = enc.info
     facts = {
-        "architecture": info.get("arch", "?"),
-        "patch": info.get("patch_size", "?"),
+        "architecture": arch_label(info.get("arch", "?"), enc.patch_size),
+        "patch": enc.patch_size,
+        "depth (blocks)": enc.depth,
+        "width": enc.backbone.embed_dim,
         "K (pseudo-concepts)": info.get("num_concepts", "-"),
         "steps": info.get("steps") or "-",
         "recipe": info.get("recipe") or "-",

@@ -9,9 +9,17 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the app's own modules
 
-import auth  # noqa: E402
-import common  # noqa: E402
-from views import concepts, explore, retrieve, train  # noqa: E402
+import auth  # noqa: E402  (light: the standard library and streamlit)
+
+NAMES = ("Explore", "Concepts", "Retrieve", "Train")
+
+st.set_page_config(page_title="mcssl concept explorer", page_icon="🧩", layout="wide")
+auth.gate()  # nothing below runs without the token (when one is needed)
+page = st.sidebar.radio("Page", NAMES, key="page", horizontal=True)
+st.title(f"mcssl · {page}")
+with st.spinner("Starting the engine (PyTorch, timm, FAISS)…"):  # seconds, once per server
+    import common
+    from views import concepts, explore, retrieve, train
 
 PAGES = {
     "Explore": explore.render,
@@ -19,14 +27,7 @@ PAGES = {
     "Retrieve": retrieve.render,
     "Train": train.render,
 }
-
-st.set_page_config(page_title="mcssl concept explorer", page_icon="🧩", layout="wide")
-auth.gate()  # nothing below runs without the token (when one is needed)
-page = st.sidebar.radio("Page", list(PAGES), key="page", horizontal=True)
-st.title(f"mcssl · {page}")
 if page == "Train":  # the Train page needs no model or images
     common.guarded(PAGES[page])
-else:
-    ctx = common.context()
-    if ctx is not None:
-        common.guarded(lambda: PAGES[page](ctx))
+else:  # the sidebar too runs inside the guard: a bad checkpoint is one message
+    common.guarded(lambda: common.with_context(page, PAGES[page]))

@@ -1,13 +1,16 @@
 """App latency in a real browser (Debian chromium via playwright) against the engine alone.
 
-    python benchmarks/app_latency.py [--checkpoint vits16|default] [--reps 3]
+    python benchmarks/app_latency.py [--checkpoint vits16|default] [--reps 5] [--app PATH]
 
-Starts the README's app command (`make app`) on the demo gallery and measures: first paint of
-Explore (cold: model load + features; warm: after a reload), adding a k (new k-means
-overlays for 6 images), and clicking a token on Retrieve (heat-map + top-12 across the
-gallery, index already built). Baseline, same machine and run: the same computations called
-in-process without Streamlit or the browser. `vits16` is a randomly initialised ViT-S/16 with
-the paper's concept head (K = 8192): the cost does not depend on what the model learnt.
+Starts the app (`streamlit run app/main.py` as `make app` does; ``--app`` another copy of it,
+e.g. an older version for a before/after) on the demo gallery and measures: the cold start
+(first visible feedback, first complete row, all 6 rows of Explore), a warm reload, adding a
+k (new k-means overlays for 6 images; median of --reps), and clicking a token on Retrieve
+(heat-map + top-12 across the gallery, index already built; median of --reps). Baseline,
+same machine and run: the same computations called in-process without Streamlit or the
+browser, in bf16 (where the CPU has it) and fp32. `vits16` is a randomly initialised
+ViT-S/16 with the paper's concept head (K = 8192): the cost does not depend on what the
+model learnt.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from test_app_browser import COORDS_FRAME, _free_port, _wait_healthy  # noqa: E4
 
 from mcssl.checkpoint import EXPORT_FORMAT  # noqa: E402
 from mcssl.config import load_config  # noqa: E402
-from mcssl.explore.concepts import token_similarity  # noqa: E402
+from mcssl.explore.concepts import K_CHOICES, token_similarity  # noqa: E402
 from mcssl.explore.encoder import load_encoder  # noqa: E402
 from mcssl.explore.features import FeatureExtractor, Settings  # noqa: E402
 from mcssl.explore.gallery import Gallery, gallery_index  # noqa: E402
@@ -54,28 +57,30 @@ def vits16_export(path: Path) -> Path:
 
 
 def engine_baseline(ckpt: str, reps: int) -> dict[str, float]:
-    """The same work without the app: features (cached), k-means for k=5, a token query."""
+    """The same work without the app: features (cold), k-means for k=2..5, a token query."""
     gallery = Gallery.demo()
-    ex = FeatureExtractor(load_encoder(ckpt), Settings(resolution=224))
-    t = time.perf_counter()
-    ex(gallery.images[:6])
-    cold = time.perf_counter() - t
+    enc = load_encoder(ckpt)
+    out: dict[str, float] = {}
+    for precision in ("auto", "fp32"):
+        ex = FeatureExtractor(enc, Settings(resolution=224, precision=precision))
+        ex(gallery.images[6:7])  # warm-up (and the bf16 copy of the weights)
+        t = time.perf_counter()
+        ex(gallery.images[:6])
+        out[f"features_6_images_{ex.dtype_name}_s"] = time.perf_counter() - t
     index = gallery_index(ex, gallery, None)
     k_times, q_times = [], []
     for _ in range(reps):
         t = time.perf_counter()
-        label_features(ex(gallery.images[:6]), (2, 3, 4, 5))
+        label_features(ex(gallery.images[:6]), (2, 3, 4, 5), chain=K_CHOICES)
         k_times.append(time.perf_counter() - t)
         t = time.perf_counter()
         (f,) = ex([gallery.images[0]])
         token_similarity(f.tokens, 10)
         index.query_token(0, 0, 10, top=12)
         q_times.append(time.perf_counter() - t)
-    return {
-        "features_6_images_s": cold,
-        "add_k_s": statistics.median(k_times),
-        "token_query_s": statistics.median(q_times),
-    }
+    out["add_k_s"] = statistics.median(k_times)
+    out["token_query_s"] = statistics.median(q_times)
+    return out
 
 
 def _idle(page) -> None:
@@ -83,33 +88,53 @@ def _idle(page) -> None:
     page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached")
 
 
+FEEDBACK = '[data-testid="stSpinner"], [data-testid="stProgress"], [data-testid="stStatusWidget"]'
+
+
+def cold_start(page, url: str) -> dict[str, float]:
+    """Seconds from opening the page to: the first visible feedback (running indicator,
+    spinner or progress bar), the first complete row, all 6 rows."""
+    t = time.perf_counter()
+    page.goto(url)
+    page.locator(FEEDBACK).first.wait_for(state="visible")
+    out = {"first_feedback_s": time.perf_counter() - t}
+    page.get_by_text("k=4", exact=True).first.wait_for()
+    out["first_row_s"] = time.perf_counter() - t
+    page.get_by_text("k=4", exact=True).nth(5).wait_for()
+    _idle(page)
+    out["first_paint_cold_s"] = time.perf_counter() - t
+    return out
+
+
 def browser_times(url: str, reps: int, grid: int) -> dict[str, float]:
     """``grid``: tokens per side of the (square) first demo photo."""
     from playwright.sync_api import sync_playwright
 
-    out: dict[str, float] = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(600_000)
-        for name in ("first_paint_cold_s", "first_paint_warm_s"):
-            t = time.perf_counter()
-            page.goto(url)
-            page.get_by_text("k=4", exact=True).nth(5).wait_for()
-            _idle(page)
-            out[name] = time.perf_counter() - t
+        out = cold_start(page, url)
+        t = time.perf_counter()
+        page.goto(url)
+        page.get_by_text("k=4", exact=True).nth(5).wait_for()
+        _idle(page)
+        out["first_paint_warm_s"] = time.perf_counter() - t
+        ks = page.locator('[data-testid="stMultiSelect"]').filter(has_text="k (clusters per")
         adds = []
-        for k in (5, 6, 8)[:reps]:
+        for _ in range(reps):
             t = time.perf_counter()
-            page.locator(
-                '[data-testid="stSidebar"] [data-testid="stMultiSelect"] input'
-            ).first.click()
-            page.get_by_role("option", name=str(k), exact=True).click()
-            page.get_by_text(f"k={k}", exact=True).nth(5).wait_for()
+            ks.locator("input").click()
+            page.get_by_role("option", name="5", exact=True).click()
+            page.get_by_text("k=5", exact=True).nth(5).wait_for()
             _idle(page)
             adds.append(time.perf_counter() - t)
+            page.keyboard.press("Backspace")  # remove k = 5 again (the last chip), not timed
+            page.keyboard.press("Escape")
+            page.get_by_text("k=5", exact=True).first.wait_for(state="detached")
+            _idle(page)
         out["add_k_s"] = statistics.median(adds)
-        page.keyboard.press("Escape")
+        out["add_k_all_s"] = [round(a, 3) for a in adds]
         t = time.perf_counter()
         page.locator('[data-testid="stSidebar"]').get_by_text("Retrieve", exact=True).click()
         page.get_by_text("Click a token.").wait_for()
@@ -120,7 +145,7 @@ def browser_times(url: str, reps: int, grid: int) -> dict[str, float]:
         for i in range(reps + 1):
             img.wait_for()
             t = time.perf_counter()
-            x, y = 60 + 90 * i, 120 + 40 * i
+            x, y = 40 + 60 * i, 100 + 40 * i
             img.click(position={"x": x, "y": y})
             r, c = int(y / 448 * grid), int(x / 448 * grid)  # the app shows it 448 px wide
             page.get_by_text(f"cosine similarity to token ({r}, {c})").wait_for()
@@ -129,6 +154,7 @@ def browser_times(url: str, reps: int, grid: int) -> dict[str, float]:
             if i:  # the first click also warms the page's image caches
                 clicks.append(time.perf_counter() - t)
         out["token_click_s"] = statistics.median(clicks)
+        out["token_click_all_s"] = [round(c, 3) for c in clicks]
         browser.close()
     return out
 
@@ -136,7 +162,8 @@ def browser_times(url: str, reps: int, grid: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", default="vits16", help="vits16 (random ViT-S/16) or a path")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--app", default=str(ROOT / "app" / "main.py"), help="the app's main.py")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     ckpt = (
@@ -146,8 +173,9 @@ def main() -> None:
     )
     port = _free_port()
     env = os.environ | {"MCSSL_DEFAULT_CHECKPOINT": ckpt, "MCSSL_RUNS": str(tmp / "runs")}
-    proc = subprocess.Popen(["make", "-s", "app", f"PORT={port}"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    streamlit = str(Path(sys.executable).parent / "streamlit")
+    proc = subprocess.Popen([streamlit, "run", args.app, "--server.port", str(port)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     try:
         _wait_healthy(f"http://127.0.0.1:{port}", proc)
@@ -158,13 +186,25 @@ def main() -> None:
         proc.wait()
     base = engine_baseline(ckpt, args.reps)
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+        "load_average_at_end": os.getloadavg(),
         "torch_threads": torch.get_num_threads(),
         "checkpoint": args.checkpoint,
-        "app_in_browser": {k: round(v, 3) for k, v in app.items()},
+        "app": args.app,
+        "app_in_browser": {k: v if isinstance(v, list) else round(v, 3) for k, v in app.items()},
         "engine_baseline": {k: round(v, 3) for k, v in base.items()},
     }
     print(json.dumps(result, indent=1))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

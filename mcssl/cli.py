@@ -48,7 +48,10 @@ def _extractor(args: argparse.Namespace, checkpoint: str):
     from mcssl.explore.features import FeatureExtractor, Settings
 
     enc = load_encoder(checkpoint, args.device)
-    return FeatureExtractor(enc, Settings(resolution=args.resolution, layer=args.layer))
+    precision = "fp32" if args.fp32 else "auto"
+    return FeatureExtractor(
+        enc, Settings(resolution=args.resolution, layer=args.layer, precision=precision)
+    )
 
 
 def _concepts(args: argparse.Namespace) -> int:
@@ -94,6 +97,7 @@ def _index(args: argparse.Namespace) -> int:
         "checkpoint_digest": ex.encoder.digest,
         "resolution": args.resolution,
         "layer": args.layer,
+        "precision": "fp32" if args.fp32 else "auto",
     }
     (out / "source.json").write_text(json.dumps(source, indent=1))
     for err in errors:
@@ -115,6 +119,7 @@ def _query(args: argparse.Namespace) -> int:
     ex = None  # an indexed image's tokens come from the index; otherwise embed it the same way
     if args.cluster or not any(Path(r["path"]) == image for r in index.images):
         args.resolution, args.layer = source["resolution"], source["layer"]
+        args.fp32 = args.fp32 or source.get("precision") == "fp32"  # embed as the index did
         ex = _extractor(args, args.checkpoint or source["checkpoint"])
     filters = {
         "same_concept": args.same_concept,
@@ -250,7 +255,9 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_model_options(p: argparse.ArgumentParser, checkpoint_default: str | None) -> None:
+def _add_model_options(
+    p: argparse.ArgumentParser, checkpoint_default: str | None, precision: bool = True
+) -> None:
     p.add_argument(
         "--checkpoint",
         default=checkpoint_default,
@@ -259,10 +266,22 @@ def _add_model_options(p: argparse.ArgumentParser, checkpoint_default: str | Non
     p.add_argument("--resolution", type=int, default=224, help="shorter image side (pixels)")
     p.add_argument("--layer", type=int, default=-1, help="block whose tokens are used")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    if precision:
+        p.add_argument(
+            "--fp32",
+            action="store_true",
+            help="run the encoder in fp32 (default: bf16 where the CPU/GPU computes it natively)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mcssl", description="Multi-concept self-supervised ViTs.")
+    p = argparse.ArgumentParser(
+        prog="mcssl",
+        description="Multi-concept self-supervised ViTs.",
+        epilog="Exit codes: 0 ok; 1 some input failed (e.g. an unreadable image: one line "
+        "each, the rest is processed); 2 usage error, bad config or unusable checkpoint (one "
+        "line: what is wrong and what is accepted); 130 interrupted.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train MC-SSL0.0 (use torchrun for several processes)")
@@ -338,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     ec = evs.add_parser(
         "concepts", help="concept discovery vs ground-truth masks (ARI, mIoU, NMI) + baselines"
     )
-    _add_model_options(ec, "default")
+    _add_model_options(ec, "default", precision=False)
     ec.set_defaults(resolution=None)  # None = the checkpoint's training size
     ec.add_argument(
         "--data",
@@ -350,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--out", help="write the results as JSON here")
     ec.set_defaults(fn=_eval_concepts)
     ek = evs.add_parser("knn", help="weighted kNN on mean data-token features (ImageFolders)")
-    _add_model_options(ek, "default")
+    _add_model_options(ek, "default", precision=False)
     ek.set_defaults(resolution=None)  # None = the checkpoint's training size
     ek.add_argument("--train", required=True, help="ImageFolder: one sub-folder per class")
     ek.add_argument("--val", required=True, help="ImageFolder with the same classes")

@@ -3,11 +3,14 @@ the normalisation every model here uses."""
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -36,30 +39,63 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open ``path`` (first frame if animated), apply EXIF orientation, return RGB.
+def too_large(name: str, pixels: int, max_pixels: int) -> ImageError:
+    """The one wording for an image over the pixel limit, ours or Pillow's bomb check."""
+    return ImageError(
+        f"{name}: {pixels:,} pixels exceeds the limit of {max_pixels:,} "
+        "(refused as a possible decompression bomb)"
+    )
 
-    Raises ImageError with a one-line reason for unreadable, empty, truncated or oversized
-    files; the size check happens before any pixel is decoded."""
-    path = Path(path)
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image format Pillow can read"
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return "the file is truncated" if "truncated" in text else text
+
+
+def decode_rgb(
+    source: str | Path | IO[bytes], name: str, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Open ``source`` (a path or a file object; ``name`` goes in messages), first frame if
+    animated, apply EXIF orientation, return RGB.
+
+    Raises ImageError with the one-line wording shared by uploads, folders, the CLI and
+    training for unreadable, empty, truncated or oversized files; the size check happens
+    before any pixel is decoded (our limit, or Pillow's own bomb limit if lower)."""
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check below
+            img = Image.open(source)
+        with img:
             w, h = img.size
             if w * h > max_pixels:
-                raise ImageError(f"{path}: {w}x{h} pixels exceeds the limit of {max_pixels}")
+                raise too_large(name, w * h, max_pixels)
             img.seek(0)
             img.load()
-            out = to_rgb(ImageOps.exif_transpose(img))
+            return to_rgb(ImageOps.exif_transpose(img))
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
+        raise ImageError(f"{name}: no such file") from None
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: refused as a decompression bomb ({e})") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageError(f"{path}: cannot read image ({reason})") from None
-    return out
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
+        raise too_large(name, int(pixels.group(1)) if pixels else 0, limit) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        reason = "the file is empty" if _is_empty(source) else _reason(e)
+        raise ImageError(f"{name}: cannot read image ({reason})") from None
+
+
+def _is_empty(source: str | Path | IO[bytes]) -> bool:
+    if isinstance(source, (str, Path)):
+        return Path(source).is_file() and Path(source).stat().st_size == 0
+    return source.seek(0, 2) == 0
+
+
+def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An image file -> RGB (see :func:`decode_rgb`)."""
+    return decode_rgb(Path(path), str(path), max_pixels)
 
 
 def find_images(root: str | Path) -> list[Path]:

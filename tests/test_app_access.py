@@ -177,7 +177,8 @@ def test_folder_and_checkpoint_paths_outside_the_roots_get_one_line(
         assert errors == [f"{path}: outside the folders this server may read ({env})"]
         assert not at.get("image")
     assert not _folder_error(at, str(env / "imgs"))
-    assert [c for im in at.get("image") for c in im.captions][:2] == ["blue.png", "k=2"]
+    captions = [c for im in at.get("image") for c in im.captions]
+    assert "blue.png" in captions and "k=2" in captions
 
     for path in (str(outside / "model.safetensors"), str(env / "model_link.safetensors"),
                  f"{env}/../outside/model.safetensors"):  # fmt: skip

@@ -1,11 +1,14 @@
 """End to end in a real browser: the README's app command (`make app`), Debian chromium
-driven by playwright. Upload -> overlays for k = 2..4 -> click a token -> retrieval results
--> train a smoke run from the sidebar -> its export appears in the checkpoint picker.
-Screenshots of each page go to build/screenshots/ (docs/img/ holds copies)."""
+driven by playwright. Progress while features are computed -> upload -> overlays for
+k = 2..4 -> Concepts (categorical pseudo-concept axis) -> click a token -> retrieval results
+-> a hit's "query from here" re-queries -> train a smoke run from the sidebar -> its export
+appears in the checkpoint picker. Screenshots of each page go to build/screenshots/
+(docs/img/ holds copies)."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -70,7 +73,12 @@ def page():
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian chromium is required (.ci/run installs it with apt-get)"
+    if not chromium:
+        pytest.fail(
+            "the browser test needs Debian chromium: run `bash scripts/install_browser.sh` "
+            "(or `make test`, which runs it; apt-get as root or with sudo)",
+            pytrace=False,
+        )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -79,10 +87,13 @@ def page():
         browser.close()
 
 
-def _shot(page, name: str) -> None:
+def _shot(page, name: str, height: int = 1000) -> None:
+    """The app scrolls inside its own container: a taller window shows the whole page."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(500)  # let the last images paint
+    page.set_viewport_size({"width": 1400, "height": height})
+    page.wait_for_timeout(800)  # let the last images paint
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 1000})
 
 
 def _go(page, name: str) -> None:
@@ -96,13 +107,33 @@ def _idle(page) -> None:
     page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached")
 
 
+# Records every progress-bar text and whether the running indicator was ever visible, from
+# the first byte of the page on (an element shown for a few milliseconds is not missed).
+WATCH = """
+window.__progress = []; window.__running = false;
+new MutationObserver(() => {
+  for (const el of document.querySelectorAll('[data-testid="stProgress"]')) {
+    const t = el.innerText.trim();
+    if (t && !window.__progress.includes(t)) window.__progress.push(t);
+  }
+  const s = document.querySelector('[data-testid="stStatusWidget"]');
+  if (s && s.getBoundingClientRect().width > 0) window.__running = true;
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
 def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) -> None:
     url, runs = server
+    page.add_init_script(WATCH)
     page.goto(url)
     page.get_by_role("heading", name="mcssl · Explore").wait_for()
     page.get_by_text("k=4").first.wait_for()
     _idle(page)
-    _shot(page, "explore")
+    assert page.get_by_text("k=4", exact=True).count() == 6  # six demo photos
+    progress = page.evaluate("window.__progress")
+    assert any(t.startswith("Computing features") and t.endswith("6/6 images") for t in progress)
+    assert page.evaluate("window.__running")  # the running indicator was shown
+    _shot(page, "explore", 1500)
 
     img = tmp_path / "mine.png"
     rng = np.random.default_rng(0)
@@ -121,7 +152,14 @@ def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) 
     _go(page, "Concepts")
     page.get_by_text("Mean pseudo-concept probabilities").wait_for()
     _idle(page)
-    _shot(page, "concepts")
+    plot = page.locator(".js-plotly-plot").first
+    plot.wait_for()
+    layout = plot.evaluate(
+        "el => el._fullLayout.xaxis.type + '|' + el._fullLayout.xaxis.title.text"
+    )
+    kind, title = layout.split("|", 1)
+    assert kind == "category" and title.startswith("pseudo-concept id")  # "#129" is a name
+    _shot(page, "concepts", 1800)
 
     _go(page, "Retrieve")
     page.get_by_text("Click a token.").wait_for()
@@ -132,7 +170,15 @@ def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) 
     page.get_by_text("Top 12 tokens across 9 images").wait_for()
     page.get_by_text("cosine similarity to token").wait_for()
     _idle(page)
-    _shot(page, "retrieve")
+    _shot(page, "retrieve", 1500)
+    caption = page.get_by_text(re.compile(r"^\S+ \(\d+,\d+\) \d\.\d{3}")).nth(4).inner_text()
+    name, r, c = re.match(r"^(\S+) \((\d+),(\d+)\)", caption).groups()
+    page.get_by_role("button", name="query from here").nth(4).click()
+    page.get_by_text(f"cosine similarity to token ({r}, {c})").wait_for()
+    _idle(page)
+    assert page.get_by_role("combobox", name="Query image").input_value() == name
+    first = page.get_by_text(re.compile(r"^\S+ \(\d+,\d+\) \d\.\d{3}")).first.inner_text()
+    assert first.split()[2] == "1.000"  # the best hit of the new query is the token itself
 
     _go(page, "Train")
     out = runs / "browser-smoke"
@@ -141,9 +187,9 @@ def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) 
     page.get_by_role("button", name="Start training").click()
     page.get_by_text("finished: browser-smoke").wait_for(timeout=240_000)
     page.get_by_text(f"Exported {out / 'teacher.safetensors'}").wait_for()
-    _shot(page, "train")
+    _shot(page, "train", 1600)
     assert (out / "teacher.safetensors").exists()
 
     _go(page, "Explore")
     page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
-    page.get_by_role("option", name=str(out / "teacher.safetensors")).wait_for()
+    page.get_by_role("option", name="run browser-smoke · export").wait_for()

@@ -333,3 +333,29 @@ def test_concept_histograms():
     np.testing.assert_allclose(h["images"], [[0.5], [0.0]])
     with pytest.raises(ValueError):
         concept_histograms([(p1, l1, 1), (p2[:, :3], l2, 0)], top_n=1)
+
+
+def test_label_colours_of_a_k_do_not_depend_on_the_other_ks() -> None:
+    """With a chain (the app's k choices), k = 4's labels are the same whether k = 3 is
+    shown or not; per image and co-clustered."""
+    from mcssl.explore.features import ImageFeatures
+    from mcssl.explore.pipeline import label_features
+
+    rng = np.random.default_rng(3)
+    feats = []
+    for _ in range(2):
+        centres = rng.normal(size=(6, 16))
+        tokens = centres[rng.integers(0, 6, 64)] + 0.3 * rng.normal(size=(64, 16))
+        feats.append(ImageFeatures(tokens.astype(np.float32), (8, 8), (64, 64), None))
+    chain = (2, 3, 4, 5, 6, 8)
+    for co in (False, True):
+        alone = label_features(feats, (4,), cocluster=co, chain=chain)
+        with_2 = label_features(feats, (2, 4), cocluster=co, chain=chain)
+        full = label_features(feats, (2, 3, 4), cocluster=co, chain=chain)
+        for a, b, c in zip(alone, with_2, full, strict=True):
+            assert list(a) == [4] and list(b) == [2, 4] and list(c) == [2, 3, 4]
+            assert np.array_equal(a[4], b[4]) and np.array_equal(a[4], c[4])
+            assert np.array_equal(b[2], c[2])
+    # without the chain the colours of k = 4 follow whichever smaller k is shown
+    no_chain = [label_features(feats, ks)[0][4] for ks in ((4,), (2, 4), (3, 4))]
+    assert any(not np.array_equal(no_chain[0], x) for x in no_chain[1:])

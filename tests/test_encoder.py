@@ -190,3 +190,60 @@ def test_feature_extractor_layers_aspect_and_cache(run_dir: Path) -> None:
     ex = FeatureExtractor(enc, Settings(resolution=32))
     a, b = ex([img]), ex([img.copy()])
     assert a[0] is b[0] and len(ex.cache) == 1  # same pixels: a cache hit
+
+
+def test_broken_checkpoints_say_what_is_wrong(smoke_export: Path, tmp_path: Path) -> None:
+    from checkpoint_corpus import bad_checkpoints
+
+    corpus = bad_checkpoints(tmp_path, smoke_export)
+    reasons = {
+        "missing": "not found",
+        "folder": "a folder without last.pt",
+        "empty.pt": "the file is empty",
+        "empty.safetensors": "not a readable safetensors file (header too small)",
+        "random.pt": "not a PyTorch checkpoint",
+        "random.safetensors": "not a readable safetensors file",
+        "text.pt": "not a PyTorch checkpoint",
+        "text.safetensors": "not a readable safetensors file",
+        "truncated.pt": "truncated or damaged",
+        "truncated.safetensors": "not a readable safetensors file",
+        "bad_header.safetensors": "invalid JSON in header",
+        "foreign.pt": "refusing to unpickle",
+        "foreign_zip.pt": "refusing to unpickle",
+        "wrong_tensors.safetensors": "not a ViT state dict",
+        "wrong_tensors.pt": "not a ViT state dict",
+        "a_list.pt": "not a state dict or checkpoint (got list)",
+    }
+    assert set(reasons) == set(corpus)
+    for name, path in corpus.items():
+        with pytest.raises(EncoderError) as e:
+            load_encoder(path)
+        msg = str(e.value)
+        assert "\n" not in msg and reasons[name] in msg and "expected an mcssl export" in msg, msg
+
+
+def test_bf16_token_features_match_fp32(smoke_export: Path) -> None:
+    """The explorer runs in bf16 where the hardware has it: per-token cosine >= 0.99 against
+    fp32, the same grid, probabilities close; `precision=fp32` is the switch back."""
+    import torch
+
+    from mcssl.explore.features import FeatureExtractor, Settings, compute_dtype
+    from mcssl.images import sample_photos
+
+    enc = load_encoder(smoke_export)
+    photos = list(sample_photos().values())[:4]
+    fp32 = FeatureExtractor(enc, Settings(resolution=96, precision="fp32"))
+    bf16 = FeatureExtractor(enc, Settings(resolution=96, precision="bf16"))
+    assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
+    assert compute_dtype("auto", "cpu") in (torch.float32, torch.bfloat16)
+    assert enc.backbone.cls_token.dtype == torch.float32  # the shared encoder is not changed
+    for a, b in zip(fp32(photos), bf16(photos), strict=True):
+        assert a.grid == b.grid and a.tokens.dtype == b.tokens.dtype == np.float32
+        cos = (a.tokens * b.tokens).sum(1) / (
+            np.linalg.norm(a.tokens, axis=1) * np.linalg.norm(b.tokens, axis=1)
+        )
+        assert cos.min() >= 0.99, cos.min()
+        assert not np.array_equal(a.tokens, b.tokens)  # bf16 really ran
+        assert np.abs(a.probs - b.probs).sum(1).max() < 0.2  # L1 between the distributions
+    with pytest.raises(ValueError, match="precision must be one of"):
+        FeatureExtractor(enc, Settings(precision="fp16"))

@@ -117,3 +117,27 @@ def test_export_of_a_non_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     bad.write_bytes(b"garbage")
     assert main(["export", str(bad), "--out", str(tmp_path / "t.safetensors")]) == 1
     assert "is not a readable mcssl checkpoint" in one_error_line(capsys)
+
+
+def test_every_broken_checkpoint_is_one_line_and_exit_code_2(
+    smoke_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Each file of the corpus: `mcssl concepts|index` exit 2 with one line that says what is
+    wrong and what is accepted (docs/CLI.md: 2 = unusable checkpoint), no traceback."""
+    from checkpoint_corpus import bad_checkpoints
+
+    photo = tmp_path / "p.jpg"
+    write_photos(tmp_path / "imgs", 1)
+    photo = tmp_path / "imgs" / "good_0.jpg"
+    corpus = bad_checkpoints(tmp_path / "bad", smoke_export)
+    assert len(corpus) >= 16
+    for name, path in corpus.items():
+        for cmd in (
+            ["concepts", "--out", str(tmp_path / "o")],
+            ["index", "--out", str(tmp_path / "i")],
+        ):
+            code = main([cmd[0], "--checkpoint", str(path), *cmd[1:], str(photo)])
+            line = one_error_line(capsys)
+            assert code == 2, (name, line)
+            assert str(path) in line and "expected an mcssl export" in line, (name, line)
+            assert "cannot load checkpoint (" not in line, (name, line)

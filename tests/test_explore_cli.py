@@ -192,9 +192,9 @@ def test_cocluster_gives_one_labelling_across_images(export, photos, tmp_path: P
     from mcssl.explore.encoder import load_encoder
     from mcssl.explore.features import FeatureExtractor, Settings
 
-    code, data = concepts(export, tmp_path / "co", photos[:3], "--cocluster")
+    code, data = concepts(export, tmp_path / "co", photos[:3], "--cocluster", "--fp32")
     assert code == 0 and data["settings"]["cocluster"] is True
-    ex = FeatureExtractor(load_encoder(export), Settings(resolution=64))
+    ex = FeatureExtractor(load_encoder(export), Settings(resolution=64, precision="fp32"))
     feats = ex([Image.open(p).convert("RGB") for p in photos[:3]])
     want = cocluster_for_ks([f.tokens for f in feats], (2, 3, 4), 0)
     for i, rec in enumerate(data["images"]):
@@ -218,3 +218,46 @@ def test_query_by_cluster_mean(indexed, photos, capsys) -> None:
         == 1
     )
     assert "does not exist for k=3" in capsys.readouterr().err
+
+
+def test_one_wording_per_image_failure_in_uploads_folders_and_the_cli(
+    export, photos, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The same bad file says the same thing (after its name) whether it was uploaded, found
+    in a folder or given to `mcssl concepts`; a file uploaded twice is one note."""
+    from mcssl.explore.gallery import Gallery
+
+    photo = Image.open(photos[0]).convert("RGB")
+    expected = bad_images(tmp_path / "bad", photo)
+    (tmp_path / "bad" / "mid_header.png").write_bytes(png_with_header(11000, 10000))
+    bad = sorted(p for p in (tmp_path / "bad").iterdir() if not expected.get(p.name, False))
+    assert len(bad) == 6
+
+    def reasons(lines: list[str], prefix: str) -> dict[str, str]:
+        out = {}
+        for line in lines:
+            name, reason = line.removeprefix(prefix).split(": ", 1)
+            out[Path(name).name] = reason
+        return out
+
+    uploads = Gallery.from_uploads([(p.name, p.read_bytes()) for p in bad + bad[:1]])
+    folder = Gallery.from_folder(tmp_path / "bad")
+    concepts(export, tmp_path / "out", bad)
+    cli = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("mcssl concepts")]
+    up = reasons(uploads.errors, "")
+    assert up.pop(bad[0].name) and uploads.errors[-1].endswith(
+        "uploaded more than once (used once)"
+    )
+    assert (
+        reasons(uploads.errors[:-1], "")
+        == reasons(folder.errors, "")
+        == reasons(cli, "mcssl concepts: error: ")
+    )
+    got = reasons(folder.errors, "")
+    assert got["huge_header.png"] == got["mid_header.png"].replace("110,000,000", "400,000,000")
+    assert (
+        "exceeds the limit of 100,000,000 (refused as a possible decompression bomb)"
+        in got["mid_header.png"]
+    )
+    assert got["zero.jpg"] == "cannot read image (the file is empty)"
+    assert got["text.jpg"] == "cannot read image (not an image format Pillow can read)"

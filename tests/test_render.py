@@ -154,3 +154,29 @@ def test_side_by_side():
         side_by_side(ims, ["a"], height=48)
     with pytest.raises(ValueError):
         side_by_side([], None, height=48)
+
+
+def test_overlay_highlight_keeps_the_picked_cluster_bright() -> None:
+    from mcssl.explore.render import PALETTE, overlay
+
+    img = Image.new("RGB", (8, 4), (200, 200, 200))
+    lab = np.zeros((4, 8), np.int64)
+    lab[:, 4:] = 1
+    plain = np.asarray(overlay(img, lab, 0.5, boundaries=False), np.int64)
+    hi = np.asarray(overlay(img, lab, 0.5, boundaries=False, highlight=1), np.int64)
+    want = np.rint(0.3 * 200 + 0.7 * np.array(PALETTE[1]))
+    assert np.array_equal(hi[0, 6], want)  # the picked cluster: its colour at 0.7
+    dim = np.rint(0.875 * 0.6 * 200 + 0.125 * np.array(PALETTE[0]))
+    assert np.array_equal(hi[0, 1], dim)  # the others: faint over a darkened image
+    assert np.array_equal(plain[0, 1], np.rint(0.5 * 200 + 0.5 * np.array(PALETTE[0])))
+
+
+def test_colour_scale_runs_from_the_heatmaps_low_to_high_colour() -> None:
+    from mcssl.explore.render import colour_scale, heatmap
+
+    key = np.asarray(colour_scale(-0.2, 1.0, width=200))
+    assert key.shape[1] == 200
+    img = Image.new("RGB", (2, 1), (0, 0, 0))
+    hm = np.asarray(heatmap(img, np.array([[-0.2, 1.0]]), alpha=1.0))
+    assert np.array_equal(key[0, 0], hm[0, 0]) and np.array_equal(key[0, -1], hm[0, 1])
+    assert (key[-5:] < 128).any()  # the values are written under the strip

@@ -12,12 +12,32 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 from auth import PathRefused, check_training, rules
-from common import runs_dir
+from common import SETTINGS, keep, runs_dir
+from PIL import Image
 
 from mcssl.config import CONFIG_DIR, ConfigError, load_config
 from mcssl.jobs import Job, JobError, Jobs, collapse_warning, describe_device
 
 LOSSES = ("loss", "loss_recon", "loss_concept", "loss_cls")
+GPU_ONLY = ("paper_vits16", "reference_vits16")
+# rough wall times (docs/BENCHMARKS.md, checkpoints/README.md: the 2-core EPYC VM)
+TIMES = {
+    "smoke": "seconds on a CPU",
+    "demo_cpu": "about 12 minutes on 2 CPU cores (180 steps; the bundled checkpoint)",
+    "paper_vits16": "days to weeks on GPUs; on a 2-core CPU ~13 images/s, i.e. ~4.6 days for "
+    "10,000 images x 500 epochs and ~1.6 years for ImageNet",
+    "reference_vits16": "longer than paper_vits16 (800 epochs, multi-crop): GPUs only",
+}
+
+
+def describe(recipe: str) -> str:
+    """The recipe file's opening comment (what it is), one paragraph."""
+    lines = []
+    for line in (CONFIG_DIR / f"{recipe}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    return " ".join(lines)
 
 
 def recipes() -> list[str]:
@@ -48,14 +68,17 @@ def log_tail(path: Path, n: int = 15) -> str:
     return "\n".join(lines[-n:])
 
 
-def series(rows: list[dict], names: tuple[str, ...], title: str = "") -> go.Figure:
+def series(
+    rows: list[dict], names: tuple[str, ...], title: str = "", y_title: str = "loss"
+) -> go.Figure:
     """Lines of metrics.jsonl fields against the step."""
     fig = go.Figure()
     steps = [r["step"] for r in rows]
     for name in names:
         if rows and name in rows[-1]:
-            fig.add_scatter(x=steps, y=[r.get(name) for r in rows], name=name, mode="lines")
-    fig.update_layout(height=300, xaxis_title="step", title=title, margin={"t": 30, "b": 40})
+            fig.add_scatter(x=steps, y=[r.get(name) for r in rows], name=name, mode="lines+markers")
+    fig.update_layout(height=300, xaxis_title="training step", yaxis_title=y_title, title=title,
+                      margin={"t": 30, "b": 40})  # fmt: skip
     return fig
 
 
@@ -64,9 +87,13 @@ def loss_figure(rows: list[dict]) -> go.Figure:
 
 
 def _form(jobs: Jobs) -> None:
+    names = recipes()
+    recipe = st.selectbox("Recipe", names, key="recipe")
+    st.caption(f"{describe(recipe)} **Time:** {TIMES.get(recipe, 'unknown')}.")
+    if recipe in GPU_ONLY and not describe_device("auto").startswith("cuda"):
+        st.warning(f"{recipe} is a GPU recipe: on this CPU it would take days to years. "
+                   "Use smoke or demo_cpu here, or a machine with GPUs.")  # fmt: skip
     with st.form("launch"):
-        names = recipes()
-        recipe = st.selectbox("Recipe", names, index=names.index("smoke"), key="recipe")
         data = st.text_input("Data (folder, file list, samples, synthetic:N, cache:FILE.npy; "
                              "empty = recipe's)", key="train_data")  # fmt: skip
         default_out = str(runs_dir() / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -103,7 +130,10 @@ def _status(job: Job) -> None:
     step = rows[-1]["step"] if rows else 0
     done = job.status == "finished"
     frac = 1.0 if done else min(1.0, epoch / total) if total else 0.0
-    st.progress(frac, text=f"step {step} · epoch {epoch:.2f} of {total}")
+    if rows or done:
+        st.progress(frac, text=f"step {step} · epoch {epoch:.2f} of {total}")
+    else:
+        st.progress(0.0, text="starting: building the model and reading the data…")
     cols = st.columns(3)
     cols[0].metric("loss", f"{rows[-1]['loss']:.4f}" if rows else "-")
     cols[1].metric("images/s", f"{rows[-1]['images_per_s']:.1f}" if rows else "-")
@@ -116,14 +146,19 @@ def _status(job: Job) -> None:
         scores = [r for r in rows if "concept_ari" in r]
         left, right = st.columns(2)
         if health:
-            left.plotly_chart(series(health, ("concepts_in_use",), "pseudo-concepts in use"),
-                              key="health")  # fmt: skip
+            left.plotly_chart(series(health, ("concepts_in_use",), "pseudo-concepts in use",
+                                     "pseudo-concepts"), key="health")  # fmt: skip
         if scores:
-            right.plotly_chart(series(scores, ("concept_ari", "concept_miou"), "concept score"),
-                               key="scores")  # fmt: skip
+            right.plotly_chart(series(scores, ("concept_ari", "concept_miou"), "concept score",
+                                      "score"), key="scores")  # fmt: skip
     previews = sorted((out / "previews").glob("*.png"))
     if previews:
-        st.image(str(previews[-1]), caption=f"reconstruction preview · {previews[-1].stem}")
+        when = previews[-1].stem.replace("_", " ")
+        st.markdown(f"**Reconstruction preview** at {when}: rows = clean · corrupted (GMML) · "
+                    "reconstructed; one column per image")  # fmt: skip
+        pic = Image.open(previews[-1])
+        scale = max(1, 720 // pic.width)  # tiny crops: enlarge, pixels kept sharp
+        st.image(pic.resize((pic.width * scale, pic.height * scale), Image.Resampling.NEAREST))
     st.code(log_tail(job.log) or "(no output yet)", language=None)
     if job.status == "finished" and job.export.exists():
         st.success(f"Exported {job.export} — pick it under Model on the other pages.")
@@ -131,6 +166,8 @@ def _status(job: Job) -> None:
 
 
 def render() -> None:
+    keep("train_data", "train_out", "overrides", *SETTINGS)  # kept while a job runs
+    keep("recipe", defaults={"recipe": "smoke"})
     if not rules().training:
         st.info("Training from the app is switched off on this server (MCSSL_APP_TRAINING=0).")
         return

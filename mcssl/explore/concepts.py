@@ -30,6 +30,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 K_MIN, K_MAX = 2, 8
 DEFAULT_KS = (2, 3, 4)
+K_CHOICES = (2, 3, 4, 5, 6, 8)  # the explorer's k choices (labels are chained through them)
 N_INIT = 1
 MAX_ITER = 100
 SINGLE_THREAD_MAX_TOKENS = 8192  # above this, let BLAS/OpenMP use their threads

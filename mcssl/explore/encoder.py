@@ -9,16 +9,18 @@ ViT state dicts. Keys are mapped explicitly and loaded strictly; pickles are rea
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -28,6 +30,12 @@ from mcssl.models import ConceptHead, build_backbone
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "default.safetensors"
 SAFE_GLOBALS = [argparse.Namespace]  # reference / DINO checkpoints pickle their args
+
+
+ACCEPTED = (
+    "expected an mcssl export (.safetensors), a run folder or its last.pt, a reference "
+    "MC-SSL / DINO / iBOT checkpoint or a timm ViT state dict (.pt, .pth, .safetensors)"
+)
 
 
 class EncoderError(ValueError):
@@ -44,6 +52,7 @@ class Encoder:
     teacher_temp: float
     info: dict[str, str] = field(default_factory=dict)  # architecture facts for display
     digest: str = ""  # identifies the weights (cache key)
+    _casts: dict[torch.dtype, Encoder] = field(default_factory=dict, repr=False)
 
     @property
     def patch_size(self) -> int:
@@ -61,7 +70,21 @@ class Encoder:
     def device(self) -> torch.device:
         return self.backbone.cls_token.device
 
+    def cast(self, dtype: torch.dtype) -> Encoder:
+        """This encoder with backbone and head weights in ``dtype`` (made once, then kept);
+        the centre stays fp32 (probabilities are computed in fp32)."""
+        if dtype == self.backbone.cls_token.dtype:
+            return self
+        if dtype not in self._casts:
+            backbone = copy.deepcopy(self.backbone).to(dtype)
+            head = None if self.head is None else copy.deepcopy(self.head).to(dtype)
+            self._casts[dtype] = Encoder(
+                backbone, head, self.center, self.teacher_temp, self.info, self.digest
+            )
+        return self._casts[dtype]
+
     def to(self, device: str | torch.device) -> Encoder:
+        self._casts.clear()
         self.backbone.to(device)
         if self.head is not None:
             self.head.to(device)
@@ -191,7 +214,7 @@ def _from_ours(
     info = {
         "format": "mcssl",
         "arch": mcfg.arch,
-        "patch_size": str(mcfg.patch_size),
+        "patch_size": str(backbone.patch_embed.patch_size[0]),
         "img_size": str(mcfg.img_size),
         "num_concepts": str(mcfg.num_concepts),
         "recipe": meta.get("recipe", ""),
@@ -199,6 +222,13 @@ def _from_ours(
         "data": meta.get("data", ""),
     }
     return Encoder(backbone, head, sd["center"].float().view(-1), teacher_temp, info)
+
+
+def arch_label(arch: str, patch: int) -> str:
+    """The timm name for display, saying so when the recipe overrode the patch size it names
+    (``vit_tiny_patch16_224`` trained with patch 8)."""
+    named = re.search(r"patch(\d+)", arch)
+    return f"{arch}, patch {patch}" if named and int(named.group(1)) != patch else arch
 
 
 def _from_run(state: dict, path: Path) -> Encoder:
@@ -266,14 +296,25 @@ def _from_teacher_dict(state: dict, path: Path) -> Encoder:
 
 
 def _torch_load(path: Path) -> dict:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise EncoderError(f"{path}: the file is empty")
+    if not head.startswith(b"PK") and head[:1] != b"\x80":  # neither torch's zip nor a pickle
+        raise EncoderError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "pickle protocol 4": the outcome is what counts
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types; none of them may unpickle code
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "Unsupported global" in str(e) or "weights_only" in str(e):
+        text = str(e)
+        if "central directory" in text or isinstance(e, EOFError) or "truncated" in text:
+            msg = "the file is truncated or damaged"
+        elif "Unsupported global" in text or "Weights only load failed" in text:
             msg = "it contains objects outside the safe allowlist; refusing to unpickle it"
-        raise EncoderError(f"{path}: cannot load checkpoint ({msg})") from None
+        else:
+            msg = f"unreadable PyTorch checkpoint ({type(e).__name__})"
+        raise EncoderError(f"{path}: {msg}") from None
     if not isinstance(obj, dict):
         raise EncoderError(f"{path}: not a state dict or checkpoint (got {type(obj).__name__})")
     return obj
@@ -305,18 +346,34 @@ def resolve_checkpoint(spec: str | Path) -> Path:
                 "(an export, a run folder or a .pt file)"
             )
         return path
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if path.is_dir():
+        if not (path / "last.pt").is_file():
+            raise EncoderError(f"{path}: a folder without last.pt; {ACCEPTED}")
         path = path / "last.pt"
+    if not path.exists():
+        raise EncoderError(f"checkpoint {path} not found; {ACCEPTED}")
     if not path.is_file():
-        raise EncoderError(f"checkpoint {path} not found")
+        raise EncoderError(f"{path}: not a regular file; {ACCEPTED}")
     return path
 
 
 def load_encoder(spec: str | Path, device: str | torch.device = "cpu") -> Encoder:
     """Any supported checkpoint -> a frozen, eval-mode Encoder on ``device``."""
     path = resolve_checkpoint(spec)
-    enc = LOADERS.get(path.suffix.lower(), _from_pickle)(path)
+    try:
+        enc = LOADERS.get(path.suffix.lower(), _from_pickle)(path)
+    except EncoderError as e:
+        raise EncoderError(f"{e}; {ACCEPTED}") from None
+    except SafetensorError as e:
+        reason = str(e).removeprefix("Error while deserializing header: ").splitlines()[0]
+        raise EncoderError(
+            f"{path}: not a readable safetensors file ({reason}); {ACCEPTED}"
+        ) from None
+    except (KeyError, IndexError, TypeError, AttributeError, RuntimeError, OSError) as e:
+        # a layout none of the loaders expected (a key they rely on is missing, a wrong type)
+        what = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}" if str(e) else type(e).__name__
+        raise EncoderError(f"{path}: unrecognised checkpoint layout ({what}); {ACCEPTED}") from None
     enc.backbone.eval().requires_grad_(False)
     if enc.head is not None:
         enc.head.eval().requires_grad_(False)

@@ -7,9 +7,12 @@ sides are rounded to patch multiples; timm interpolates the position embeddings.
 from __future__ import annotations
 
 import hashlib
+import platform
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -25,6 +28,7 @@ class Settings:
     max_side: int = 896  # cap on the longer side
     layer: int = -1  # block whose tokens are used (-1 = last, as in the paper)
     batch_size: int = 16
+    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the CPU/GPU computes it natively)
 
 
 @dataclass
@@ -55,6 +59,35 @@ def to_tensor(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
 
 
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+@lru_cache(maxsize=4)
+def bf16_native(device: str) -> bool:
+    """Does ``device`` compute bf16 matrix products natively (so bf16 is faster, not just
+    smaller)? CUDA: torch says; CPU: the avx512_bf16 / amx_bf16 (x86) or bf16 (Arm) flag.
+    Without it PyTorch emulates bf16 on the CPU, which is slower than fp32."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device != "cpu" or platform.system() != "Linux":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith(("flags", "Features"))), "").split()
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
+
+
+def compute_dtype(precision: str, device: str | torch.device) -> torch.dtype:
+    """Settings.precision on ``device`` -> the dtype the encoder runs in."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return torch.bfloat16 if bf16_native(torch.device(device).type) else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 def image_digest(img: Image.Image) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{img.mode}{img.size}".encode())
@@ -69,6 +102,7 @@ class FeatureExtractor:
     def __init__(self, encoder: Encoder, settings: Settings | None = None, cache: int = 512):
         self.encoder = encoder
         self.settings = settings or Settings()
+        self.dtype = compute_dtype(self.settings.precision, encoder.device)
         self.cache: OrderedDict[tuple, ImageFeatures] = OrderedDict()
         self.cache_size = cache
         self._digests: dict[int, tuple[weakref.ref, str]] = {}
@@ -90,9 +124,9 @@ class FeatureExtractor:
     @torch.inference_mode()
     def _run(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, 3, H, W) -> tokens (B, N, D) of the chosen block, probs (B, N, K) or None."""
-        enc, layer = self.encoder, self.settings.layer % self.encoder.depth
-        last = enc.depth - 1
-        x = batch.to(enc.device)
+        enc = self.encoder.cast(self.dtype)  # a bf16 copy (made once) or the encoder itself
+        layer, last = self.settings.layer % enc.depth, enc.depth - 1
+        x = batch.to(enc.device, self.dtype)
         if layer == last:  # forward_features is ~10% faster than forward_intermediates
             tokens = enc.backbone.forward_features(x)[:, enc.backbone.num_prefix_tokens :]
             return tokens, enc.concept_probs(tokens) if enc.has_concepts else None
@@ -109,7 +143,20 @@ class FeatureExtractor:
         probs = enc.concept_probs(by_idx[last]) if enc.has_concepts else None
         return by_idx[layer], probs
 
-    def __call__(self, images: list[Image.Image]) -> list[ImageFeatures]:
+    @property
+    def dtype_name(self) -> str:
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
+    def missing(self, images: list[Image.Image]) -> int:
+        """How many of ``images`` are not cached yet (what a call would compute)."""
+        return len({k for k in map(self._key, images) if k not in self.cache})
+
+    def __call__(
+        self, images: list[Image.Image], progress: Callable[[int, int], None] | None = None
+    ) -> list[ImageFeatures]:
+        """``progress(done, total)`` is called after each batch of uncached images; with it,
+        batches hold at most 2 images so that progress is seen (on a CPU the cost per image
+        hardly depends on the batch size)."""
         s, p = self.settings, self.encoder.patch_size
         keys = [self._key(im) for im in images]
         found = {k: self.cache[k] for k in keys if k in self.cache}
@@ -117,9 +164,11 @@ class FeatureExtractor:
         for i, (im, key) in enumerate(zip(images, keys, strict=True)):
             if key not in found:
                 todo.setdefault(model_size(*im.size, p, s.resolution, s.max_side), []).append(i)
+        step = s.batch_size if progress is None else min(s.batch_size, 2)
+        total, done = sum(map(len, todo.values())), 0
         for size, idx in todo.items():  # same-size images share a batch
-            for j in range(0, len(idx), s.batch_size):
-                chunk = idx[j : j + s.batch_size]
+            for j in range(0, len(idx), step):
+                chunk = idx[j : j + step]
                 x = torch.stack([to_tensor(images[i], size) for i in chunk])
                 tokens, probs = self._run(x)
                 grid = (size[1] // p, size[0] // p)
@@ -131,6 +180,9 @@ class FeatureExtractor:
                         None if probs is None else probs[b].cpu().numpy(),
                     )
                     self._put(keys[i], found[keys[i]])
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
         return [found[k] for k in keys]
 
     def _put(self, key: tuple, value: ImageFeatures) -> None:

@@ -4,7 +4,6 @@ per-gallery token index kept on disk per (checkpoint, gallery, settings)."""
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -14,8 +13,8 @@ from PIL import Image
 
 from mcssl.explore.features import FeatureExtractor, image_digest
 from mcssl.explore.index import TokenIndex, TokenIndexError
-from mcssl.explore.pipeline import MIN_SIDE, open_image
-from mcssl.images import DEFAULT_MAX_PIXELS, ImageError, find_images, sample_photos, to_rgb
+from mcssl.explore.pipeline import open_image
+from mcssl.images import DEFAULT_MAX_PIXELS, ImageError, find_images, sample_photos
 
 MAX_FOLDER_IMAGES = 500  # a gallery is for looking at; index bigger sets with `mcssl index`
 
@@ -67,31 +66,25 @@ class Gallery:
     def from_uploads(
         cls, files: list[tuple[str, bytes]], max_pixels: int = DEFAULT_MAX_PIXELS
     ) -> Gallery:
-        """(file name, bytes) pairs; unreadable ones become errors, never exceptions."""
+        """(file name, bytes) pairs; unreadable ones become errors, never exceptions. The same
+        file twice is shown once (one note); same name, other bytes: the name gets " (2)"."""
         names, images, errors = [], [], []
+        seen: set[tuple[str, bytes]] = set()
+        count: dict[str, int] = {}
         for name, data in files:
+            digest = hashlib.blake2b(data, digest_size=16).digest()
+            if (name, digest) in seen:
+                errors.append(f"{name}: uploaded more than once (used once)")
+                continue
+            seen.add((name, digest))
+            count[name] = count.get(name, 0) + 1
+            shown = name if count[name] == 1 else f"{name} ({count[name]})"
             try:
-                images.append(_decode(name, data, max_pixels))
-                names.append(name)
+                images.append(open_image(shown, max_pixels, data=data))
+                names.append(shown)
             except ImageError as e:
                 errors.append(str(e))
-        return cls(names, images, errors, source="uploads")
-
-
-def _decode(name: str, data: bytes, max_pixels: int) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > max_pixels:
-                raise ImageError(f"{name}: {im.width}x{im.height} pixels is too large")
-            im.load()
-            img = to_rgb(im)
-    except ImageError:
-        raise
-    except Exception as e:  # PIL raises many types for bad files
-        raise ImageError(f"{name}: not a readable image ({type(e).__name__})") from None
-    if min(img.size) < MIN_SIDE:
-        raise ImageError(f"{name}: {img.width}x{img.height} pixels is too small")
-    return img
+        return cls(names, images, list(dict.fromkeys(errors)), source="uploads")
 
 
 def gallery_index(
@@ -112,7 +105,9 @@ def gallery_index(
         except TokenIndexError:
             pass  # a damaged cache is rebuilt
     index: TokenIndex | None = None
-    step = extractor.settings.batch_size
+    step = (
+        extractor.settings.batch_size if progress is None else min(4, extractor.settings.batch_size)
+    )
     for i in range(0, len(gallery), step):
         feats = extractor(gallery.images[i : i + step])
         for name, f in zip(gallery.names[i : i + step], feats, strict=True):

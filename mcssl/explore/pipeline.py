@@ -3,8 +3,9 @@ index over a gallery, and queries against it. Bad images never stop a batch."""
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from mcssl.explore.concepts import (
 from mcssl.explore.features import FeatureExtractor, ImageFeatures
 from mcssl.explore.index import Hit, TokenIndex
 from mcssl.explore.render import overlay, side_by_side
-from mcssl.images import DEFAULT_MAX_PIXELS, ImageError, find_images, load_rgb
+from mcssl.images import DEFAULT_MAX_PIXELS, ImageError, decode_rgb, find_images
 
 MIN_SIDE = 8  # pixels; anything smaller carries no spatial structure to cluster
 
@@ -36,8 +37,13 @@ def expand_inputs(items: list[str | Path]) -> list[Path]:
     return out
 
 
-def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    img = load_rgb(path, max_pixels)
+def open_image(
+    path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None
+) -> Image.Image:
+    """A file (or an upload's ``data``, named ``path``) -> RGB; one wording per failure for
+    the CLI, folders and uploads."""
+    source = io.BytesIO(data) if data is not None else Path(path)
+    img = decode_rgb(source, str(path), max_pixels)
     if min(img.size) < MIN_SIDE:
         raise ImageError(
             f"{path}: {img.width}x{img.height} pixels is too small (at least {MIN_SIDE} per side)"
@@ -111,18 +117,26 @@ def analyse(
 
 
 def label_features(
-    feats: list[ImageFeatures], ks: tuple[int, ...], seed: int = 0, cocluster: bool = False
+    feats: list[ImageFeatures],
+    ks: tuple[int, ...],
+    seed: int = 0,
+    cocluster: bool = False,
+    chain: Sequence[int] = (),
 ) -> list[dict[int, np.ndarray]]:
-    """k-means labels per image as {k: (gh, gw)}: per image, or one co-clustering of all."""
+    """k-means labels per image as {k: (gh, gw)} for k in ``ks``: per image, or one
+    co-clustering of all. Colours are chained from the smallest k up; with ``chain`` (e.g.
+    every k a user can pick), every k of it up to max(ks) is clustered too, so the labels
+    (colours) of a k do not depend on which other ks are asked for."""
     if not feats:
         return []
+    run = tuple(sorted(set(ks) | {c for c in chain if c <= max(ks)}))
     if cocluster:
-        per_k = cocluster_for_ks([f.tokens for f in feats], ks, seed)
+        per_k = cocluster_for_ks([f.tokens for f in feats], run, seed)
         flat = [{k: per_k[k][i] for k in per_k} for i in range(len(feats))]
     else:
-        flat = [concepts_for_ks(f.tokens, ks, seed) for f in feats]
+        flat = [concepts_for_ks(f.tokens, run, seed) for f in feats]
     return [
-        {k: v.reshape(f.grid) for k, v in lab.items()} for f, lab in zip(feats, flat, strict=True)
+        {k: lab[k].reshape(f.grid) for k in sorted(ks)} for f, lab in zip(feats, flat, strict=True)
     ]
 
 

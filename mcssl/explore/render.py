@@ -86,10 +86,12 @@ def overlay(
     alpha: float = 0.5,
     boundaries: bool = True,
     boundary_colour: Colour = BOUNDARY_COLOUR,
+    highlight: int | None = None,
 ) -> Image.Image:
     """Alpha-blend the colourised label map over ``image``: (1 - alpha) * image + alpha *
     colours, rounded. ``labels`` must be (H, W) at the image's resolution. ``boundaries`` draws
-    one-pixel cluster boundaries in ``boundary_colour`` on top."""
+    one-pixel cluster boundaries in ``boundary_colour`` on top. ``highlight``: that cluster is
+    blended at max(alpha, 0.7), the others at alpha / 4 over a darkened image."""
     img = _rgb(image)
     lab = _labels2d(labels)
     if lab.shape != (img.height, img.width):
@@ -101,7 +103,12 @@ def overlay(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     base = np.asarray(img, dtype=np.float32)
     colours = colourise(lab).astype(np.float32)
-    out = np.rint((1.0 - alpha) * base + alpha * colours).clip(0, 255).astype(np.uint8)
+    a: float | np.ndarray = alpha
+    if highlight is not None:
+        picked = (lab == highlight)[..., None]
+        a = np.where(picked, max(alpha, 0.7), alpha / 4)
+        base = np.where(picked, base, base * 0.6)
+    out = np.rint((1.0 - a) * base + a * colours).clip(0, 255).astype(np.uint8)
     if boundaries:
         out[boundary_mask(lab)] = boundary_colour
     return Image.fromarray(out, "RGB")
@@ -283,6 +290,31 @@ def heatmap(image: Image.Image, values: np.ndarray, alpha: float = 0.6) -> Image
     colours = np.asarray(grid.resize(img.size, Image.Resampling.NEAREST), np.float32)
     out = (1 - alpha) * np.asarray(img, np.float32) + alpha * colours
     return Image.fromarray(out.round().clip(0, 255).astype(np.uint8), "RGB")
+
+
+def ramp(t: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> RGB uint8 on the heat-map ramp (0 = dark blue, 1 = yellow)."""
+    pos = np.clip(np.asarray(t, dtype=np.float64), 0, 1) * (len(_RAMP) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(_RAMP) - 2)
+    frac = (pos - lo)[..., None]
+    return ((1 - frac) * _RAMP[lo] + frac * _RAMP[lo + 1]).round().astype(np.uint8)
+
+
+def colour_scale(lo: float, hi: float, width: int = 448, bar: int = 14) -> Image.Image:
+    """The heat-map's key: a ``width``-pixel gradient strip from ``lo`` (left) to ``hi``
+    (right), the two values and the middle one written under it."""
+    font = _font(12)
+    strip = np.repeat(ramp(np.linspace(0, 1, width))[None], bar, axis=0)
+    _, th = _text_size(font, "0")
+    canvas = Image.new("RGB", (width, bar + th + 6), (255, 255, 255))
+    canvas.paste(Image.fromarray(strip, "RGB"), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for frac, value in ((0.0, lo), (0.5, (lo + hi) / 2), (1.0, hi)):
+        text = f"{value:.2f}"
+        tw, _ = _text_size(font, text)
+        x = int(frac * width - frac * tw)
+        draw.text((x, bar + 3), text, fill=(0, 0, 0), font=font)
+    return canvas
 
 
 def id_colours(ids: np.ndarray) -> np.ndarray:
