@@ -17,8 +17,8 @@ from mcssl.evaluation.concepts import (
     Labelled,
     argmax_spread,
     colour_features,
-    image_share,
     from_folder,
+    image_share,
     load_benchmark,
     pixel_features,
     random_like,
@@ -40,7 +40,6 @@ def _two_colour_image(split: int) -> tuple[Image.Image, np.ndarray]:
 
 
 def test_pixel_baseline_is_perfect_when_colour_is_the_concept() -> None:
-    from mcssl.evaluation.concepts import Labelled
 
     data = [Labelled(*_two_colour_image(s), f"i{s}") for s in (8, 16, 24)]
     feats = pixel_features(8, 32)([d.image for d in data])
