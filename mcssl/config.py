@@ -113,6 +113,17 @@ class RunConfig:
 
 
 @dataclass
+class ShortcutConfig:
+    """Levers against the per-image shortcut (docs/METHOD_NOTES.md; beyond the paper). All off
+    by default: every recipe without a ``shortcut:`` section trains exactly as before."""
+
+    sinkhorn_iters: int = 0  # > 0: teacher targets by Sinkhorn-Knopp over the global batch
+    student_colour: bool = False  # student copy: same crop, its own colour jitter/grey/blur
+    image_centring: float = 0.0  # subtract this fraction of each image's mean teacher logit
+    norm_pix: bool = False  # reconstruct per-patch normalised pixels (MAE's norm-pix)
+
+
+@dataclass
 class Config:
     recipe: str = "custom"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -121,6 +132,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -231,8 +243,20 @@ def validate(cfg: Config) -> None:
             "data.path is empty: give an image folder, a file list or 'samples' "
             "(e.g. data.path=/data/images)"
         )
+    _validate_shortcut(cfg)
     if bool(cfg.run.knn_train) != bool(cfg.run.knn_val):
         raise ConfigError("the kNN monitor needs both run.knn_train and run.knn_val")
+
+
+def _validate_shortcut(cfg: Config) -> None:
+    sc = cfg.shortcut
+    if sc.sinkhorn_iters < 0 or not 0.0 <= sc.image_centring <= 1.0:
+        raise ConfigError(
+            "shortcut.sinkhorn_iters must be >= 0 and shortcut.image_centring in [0, 1], got "
+            f"{sc.sinkhorn_iters} and {sc.image_centring}"
+        )
+    if sc.student_colour and cfg.data.pipeline != "plain":
+        raise ConfigError("shortcut.student_colour needs data.pipeline=plain")
 
 
 def resolve_recipe(name_or_path: str) -> Path:

@@ -44,6 +44,14 @@ def sit_augment(size: int, scale: tuple[float, float]) -> v2.Compose:
     )
 
 
+def split_augment(size: int, scale: tuple[float, float]) -> tuple[v2.Compose, v2.Compose]:
+    """``sit_augment`` cut in two: (geometry: crop + flip, colour: jitter, greyscale, blur and
+    normalisation), so that two views can share a crop and differ in colour
+    (``shortcut.student_colour``)."""
+    full = sit_augment(size, scale).transforms
+    return v2.Compose(full[:2]), v2.Compose(full[2:])
+
+
 class UnlabelledImages(Dataset):
     """Indexed by ``(epoch, i)``; returns global views, local views and a failure count.
 
@@ -56,6 +64,8 @@ class UnlabelledImages(Dataset):
         self.global_aug = sit_augment(cfg.model.img_size, tuple(cfg.data.global_scale))
         self.local_aug = sit_augment(cfg.data.local_size, tuple(cfg.data.local_scale))
         self.max_pixels = cfg.data.max_image_pixels
+        self.student_colour = cfg.shortcut.student_colour
+        self.split_aug = split_augment(cfg.model.img_size, tuple(cfg.data.global_scale))
         self.seed = seed
         self.warned: set[int] = set()  # per worker: say once which file is unreadable
 
@@ -84,9 +94,18 @@ class UnlabelledImages(Dataset):
         img, failed = self._first_readable(i, self._load)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash((self.seed, epoch, i)) & 0x7FFF_FFFF_FFFF)
-            views_g = [self.global_aug(img) for _ in range(self.n_global)]
+            if self.student_colour:
+                views_g, views_s = self._colour_pairs(img)
+            else:
+                views_g, views_s = [self.global_aug(img) for _ in range(self.n_global)], []
             views_l = [self.local_aug(img) for _ in range(self.n_local)]
-        return {"global": views_g, "local": views_l, "failed": failed}
+        return {"global": views_g, "local": views_l, "student": views_s, "failed": failed}
+
+    def _colour_pairs(self, img: Image.Image) -> tuple[list, list]:
+        """-> teacher views, student views: pairwise the same crop, each its own colours."""
+        geometry, colour = self.split_aug
+        crops = [geometry(img) for _ in range(self.n_global)]
+        return [colour(c) for c in crops], [colour(c) for c in crops]
 
 
 class RawImages(UnlabelledImages):
@@ -193,10 +212,12 @@ class DeviceViews:
 
 
 def collate(samples: list[dict]) -> dict:
-    """-> global: list of G tensors (B, 3, H, W); local: list of L tensors; failed: int."""
+    """-> global: list of G tensors (B, 3, H, W); local: list of L tensors; student: G tensors
+    (shortcut.student_colour) or none; failed: int."""
     return {
         "global": [torch.stack(v) for v in zip(*(s["global"] for s in samples), strict=True)],
         "local": [torch.stack(v) for v in zip(*(s["local"] for s in samples), strict=True)],
+        "student": [torch.stack(v) for v in zip(*(s["student"] for s in samples), strict=True)],
         "failed": sum(s["failed"] for s in samples),
     }
 
