@@ -121,6 +121,7 @@ class ShortcutConfig:
     student_colour: bool = False  # student copy: same crop, its own colour jitter/grey/blur
     image_centring: float = 0.0  # subtract this fraction of each image's mean teacher logit
     norm_pix: bool = False  # reconstruct per-patch normalised pixels (MAE's norm-pix)
+    cross_view: bool = False  # also predict the other global crop's targets at the same place
 
 
 @dataclass
@@ -255,8 +256,12 @@ def _validate_shortcut(cfg: Config) -> None:
             "shortcut.sinkhorn_iters must be >= 0 and shortcut.image_centring in [0, 1], got "
             f"{sc.sinkhorn_iters} and {sc.image_centring}"
         )
-    if sc.student_colour and cfg.data.pipeline != "plain":
-        raise ConfigError("shortcut.student_colour needs data.pipeline=plain")
+    if (sc.student_colour or sc.cross_view) and cfg.data.pipeline != "plain":
+        raise ConfigError(
+            "shortcut.student_colour and shortcut.cross_view need data.pipeline=plain"
+        )
+    if sc.cross_view and cfg.data.global_crops < 2:
+        raise ConfigError("shortcut.cross_view needs data.global_crops >= 2")
 
 
 def resolve_recipe(name_or_path: str) -> Path:

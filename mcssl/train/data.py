@@ -20,6 +20,7 @@ from torchvision.transforms import v2
 
 from mcssl.config import Config
 from mcssl.images import MEAN, STD, ImageError
+from mcssl.train.matching import crop_with_box
 from mcssl.train.sources import CachedImage, DataError, load_item, resolve_items
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ class UnlabelledImages(Dataset):
         self.global_aug = sit_augment(cfg.model.img_size, tuple(cfg.data.global_scale))
         self.local_aug = sit_augment(cfg.data.local_size, tuple(cfg.data.local_scale))
         self.max_pixels = cfg.data.max_image_pixels
-        self.student_colour = cfg.shortcut.student_colour
+        self.student_colour, self.cross_view = cfg.shortcut.student_colour, cfg.shortcut.cross_view
+        self.img_size, self.global_scale = cfg.model.img_size, tuple(cfg.data.global_scale)
         self.split_aug = split_augment(cfg.model.img_size, tuple(cfg.data.global_scale))
         self.seed = seed
         self.warned: set[int] = set()  # per worker: say once which file is unreadable
@@ -94,18 +96,37 @@ class UnlabelledImages(Dataset):
         img, failed = self._first_readable(i, self._load)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash((self.seed, epoch, i)) & 0x7FFF_FFFF_FFFF)
-            if self.student_colour:
-                views_g, views_s = self._colour_pairs(img)
+            if self.student_colour or self.cross_view:
+                views_g, views_s, boxes = self._paired_views(img)
             else:
-                views_g, views_s = [self.global_aug(img) for _ in range(self.n_global)], []
+                views_g, views_s, boxes = (
+                    [self.global_aug(img) for _ in range(self.n_global)],
+                    [],
+                    [],
+                )
             views_l = [self.local_aug(img) for _ in range(self.n_local)]
-        return {"global": views_g, "local": views_l, "student": views_s, "failed": failed}
+        return {
+            "global": views_g,
+            "local": views_l,
+            "student": views_s,
+            "boxes": boxes,
+            "failed": failed,
+        }
 
-    def _colour_pairs(self, img: Image.Image) -> tuple[list, list]:
-        """-> teacher views, student views: pairwise the same crop, each its own colours."""
+    def _paired_views(self, img: Image.Image) -> tuple[list, list, list]:
+        """-> teacher views, student views (``shortcut.student_colour``: pairwise the same crop,
+        each its own colours; else none), crop boxes (``shortcut.cross_view``; else none)."""
         geometry, colour = self.split_aug
-        crops = [geometry(img) for _ in range(self.n_global)]
-        return [colour(c) for c in crops], [colour(c) for c in crops]
+        crops, boxes = [], []
+        for _ in range(self.n_global):
+            if self.cross_view:
+                crop, box = crop_with_box(img, self.img_size, self.global_scale)
+                boxes.append(box)
+            else:
+                crop = geometry(img)
+            crops.append(crop)
+        teacher = [colour(c) for c in crops]
+        return teacher, [colour(c) for c in crops] if self.student_colour else [], boxes
 
 
 class RawImages(UnlabelledImages):
@@ -213,11 +234,13 @@ class DeviceViews:
 
 def collate(samples: list[dict]) -> dict:
     """-> global: list of G tensors (B, 3, H, W); local: list of L tensors; student: G tensors
-    (shortcut.student_colour) or none; failed: int."""
+    (shortcut.student_colour) or none; boxes: G tensors (B, 5) (shortcut.cross_view) or none;
+    failed: int."""
     return {
         "global": [torch.stack(v) for v in zip(*(s["global"] for s in samples), strict=True)],
         "local": [torch.stack(v) for v in zip(*(s["local"] for s in samples), strict=True)],
         "student": [torch.stack(v) for v in zip(*(s["student"] for s in samples), strict=True)],
+        "boxes": [torch.stack(v) for v in zip(*(s["boxes"] for s in samples), strict=True)],
         "failed": sum(s["failed"] for s in samples),
     }
 

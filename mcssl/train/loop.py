@@ -38,6 +38,7 @@ from mcssl.models import Student, Teacher, ema_pairs, ema_update
 from mcssl.train import distributed, monitor
 from mcssl.train.data import build_data
 from mcssl.train.gmml import GMMLParams, gmml_corrupt
+from mcssl.train.matching import cross_view_loss
 from mcssl.train.schedules import cosine_schedule, warmup_constant
 
 log = logging.getLogger(__name__)
@@ -297,6 +298,11 @@ class Trainer:
             t = self.teacher_fwd(x)
             s = self.model(corrupted, local)
             terms = self._loss_terms(s, t, target, mask, tt)
+            if cfg.shortcut.cross_view:  # half token-aligned, half the other crop's location
+                p_t = self.patch_loss.teacher_probs(t["patch_logits"], tt)
+                boxes = [v.to(dev) for v in batch["boxes"]]
+                cross = cross_view_loss(s["patch_logits"], p_t, boxes, cfg.loss.student_temp)
+                terms["concept"] = 0.5 * (terms["concept"] + cross)
             weights = {
                 "recon": cfg.loss.recon_weight,
                 "concept": cfg.loss.concept_weight,
