@@ -153,7 +153,7 @@ def _eval_concepts(args: argparse.Namespace) -> int:
     if args.resolution is None and "img_size" not in enc.info:
         print("mcssl: the checkpoint does not say its training size; using the images' size")
     result = evaluate(
-        enc, args.data, args.seeds, args.resolution, args.layer, not args.no_baselines
+        enc, args.data, args.seeds, args.resolution, args.layer, not args.no_baselines, args.modes
     )
     result["checkpoint"] = args.checkpoint
     print(format_table(result))
@@ -365,7 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthetic:N (generated scenes) or a folder with images/ and masks/<name>.png",
     )
     ec.add_argument("--seeds", type=int, nargs="+", default=[0], help="scene + k-means seeds")
-    ec.add_argument("--no-baselines", action="store_true", help="skip pixels and random ViT")
+    ec.add_argument(
+        "--modes",
+        nargs="+",
+        default=["fixed"],
+        choices=["fixed", "varied"],
+        help="scene modes (synthetic data): fixed = a class keeps its colour; varied = random "
+        "colour per object, colour cast and lighting per image",
+    )
+    ec.add_argument(
+        "--no-baselines", action="store_true", help="skip pixels, colour stats and random ViT"
+    )
     ec.add_argument("--out", help="write the results as JSON here")
     ec.set_defaults(fn=_eval_concepts)
     ek = evs.add_parser("knn", help="weighted kNN on mean data-token features (ImageFolders)")

@@ -126,6 +126,18 @@ class RunConfig:
 
 
 @dataclass
+class ShortcutConfig:
+    """Levers against the per-image shortcut (docs/METHOD_NOTES.md; beyond the paper). All off
+    by default: every recipe without a ``shortcut:`` section trains exactly as before."""
+
+    sinkhorn_iters: int = 0  # > 0: teacher targets by Sinkhorn-Knopp over the global batch
+    student_colour: bool = False  # student copy: same crop, its own colour jitter/grey/blur
+    image_centring: float = 0.0  # subtract this fraction of each image's mean teacher logit
+    norm_pix: bool = False  # reconstruct per-patch normalised pixels (MAE's norm-pix)
+    cross_view: bool = False  # also predict the other global crop's targets at the same place
+
+
+@dataclass
 class Config:
     recipe: str = "custom"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -134,6 +146,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -265,8 +278,24 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"optim.freeze_last_layer_heads takes 'patch' and/or 'cls', got {', '.join(bad)}"
         )
+    _validate_shortcut(cfg)
     if bool(cfg.run.knn_train) != bool(cfg.run.knn_val):
         raise ConfigError("the kNN monitor needs both run.knn_train and run.knn_val")
+
+
+def _validate_shortcut(cfg: Config) -> None:
+    sc = cfg.shortcut
+    if sc.sinkhorn_iters < 0 or not 0.0 <= sc.image_centring <= 1.0:
+        raise ConfigError(
+            "shortcut.sinkhorn_iters must be >= 0 and shortcut.image_centring in [0, 1], got "
+            f"{sc.sinkhorn_iters} and {sc.image_centring}"
+        )
+    if (sc.student_colour or sc.cross_view) and cfg.data.pipeline != "plain":
+        raise ConfigError(
+            "shortcut.student_colour and shortcut.cross_view need data.pipeline=plain"
+        )
+    if sc.cross_view and cfg.data.global_crops < 2:
+        raise ConfigError("shortcut.cross_view needs data.global_crops >= 2")
 
 
 def resolve_recipe(name_or_path: str) -> Path:

@@ -5,6 +5,11 @@ colour and a high-contrast two-tone texture; objects of random size and position
 a textured background of random colours (class 0), later objects occluding earlier ones.
 Per-object colour jitter and a lighting gradient over the whole image make raw colour a weaker
 cue than texture and shape, so that pixel k-means is a real baseline. Deterministic by seed.
+
+Two modes (``SceneSpec.mode``): ``fixed`` (above: each class keeps its colour) and ``varied``
+(every object gets a random colour, so the class is carried by shape and texture only, and
+each image gets its own colour cast and lighting strength): colour statistics cannot give the
+class away there, which is what a concept that holds across images must survive.
 """
 
 from __future__ import annotations
@@ -33,6 +38,18 @@ class SceneSpec:
     jitter: float = 0.15  # per-object colour gain in [1 - jitter, 1 + jitter] per channel
     lighting: float = 0.3  # brightness varies linearly by +-lighting across the image
     dark: float = 0.35  # the texture's second tone = class colour x dark
+    mode: str = "fixed"  # fixed: a class keeps its colour | varied: see the module docstring
+    cast: float = 0.3  # varied only: per-image colour gain in [1 - cast, 1 + cast] per channel
+
+
+MODES = ("fixed", "varied")
+
+
+def spec_for(mode: str, size: int = 128) -> SceneSpec:
+    """The benchmark's scenes of one mode at ``size`` px."""
+    if mode not in MODES:
+        raise ValueError(f"scene mode must be one of {MODES}, got {mode!r}")
+    return SceneSpec(size=size, mode=mode)
 
 
 def _texture(kind: str, h: int, w: int, period: int, phase: int) -> np.ndarray:
@@ -92,11 +109,17 @@ def make_scene(
         region = _shape(kind, s, s, cy, cx, r)
         pattern = _texture(tex, s, s, max(2, s // 10), int(rng.integers(0, 8)))[..., None]
         gain = rng.uniform(1 - spec.jitter, 1 + spec.jitter, size=3)
+        if spec.mode == "varied":  # any colour: the class is only shape and texture
+            colour = tuple(rng.uniform(40, 240, size=3))
         light = np.asarray(colour, np.float32) * gain
         shade = light * (spec.dark + (1 - spec.dark) * pattern)
         img[region] = shade[region]
         mask[region] = c
-    img = img * _lighting(rng, s, spec.lighting)
+    if spec.mode == "varied":  # a colour cast and a lighting strength of the image's own
+        img = img * rng.uniform(1 - spec.cast, 1 + spec.cast, size=3)
+        img = img * _lighting(rng, s, rng.uniform(0, 2 * spec.lighting))
+    else:
+        img = img * _lighting(rng, s, spec.lighting)
     return np.clip(img, 0, 255).round().astype(np.uint8), mask
 
 

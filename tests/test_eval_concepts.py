@@ -14,7 +14,11 @@ from mcssl.cli import main
 from mcssl.config import ModelConfig
 from mcssl.evaluation.concepts import (
     BenchmarkError,
+    Labelled,
+    argmax_spread,
+    colour_features,
     from_folder,
+    image_share,
     load_benchmark,
     pixel_features,
     random_like,
@@ -36,7 +40,6 @@ def _two_colour_image(split: int) -> tuple[Image.Image, np.ndarray]:
 
 
 def test_pixel_baseline_is_perfect_when_colour_is_the_concept() -> None:
-    from mcssl.evaluation.concepts import Labelled
 
     data = [Labelled(*_two_colour_image(s), f"i{s}") for s in (8, 16, 24)]
     feats = pixel_features(8, 32)([d.image for d in data])
@@ -91,17 +94,76 @@ def test_command_prints_a_table_and_writes_json(
     out = tmp_path / "r.json"
     code = main(
         ["eval", "concepts", "--checkpoint", str(smoke_run), "--data", "synthetic:6",
-         "--seeds", "0", "1", "--out", str(out)]
+         "--seeds", "0", "1", "--modes", "fixed", "varied", "--out", str(out)]
     )  # fmt: skip
     assert code == 0
     text = capsys.readouterr().out
     assert "random_vit" in text and "pixels" in text and "6 images x 2 seeds" in text
     res = json.loads(out.read_text())
-    assert set(res["methods"]) == {"checkpoint", "random_vit", "pixels"}
+    assert set(res["methods"]) == {"checkpoint", "random_vit", "pixels", "colour_stats"}
     for m in res["methods"].values():
         assert 0 <= m["miou"] <= 1 and -1 <= m["ari"] <= 1 and 0 <= m["nmi"] <= 1
     assert [r["seed"] for r in res["per_seed"]["pixels"]] == [0, 1]
+    assert (
+        res["modes"] == ["fixed", "varied"] and res["methods"] == res["by_mode"]["fixed"]["methods"]
+    )
+    assert "[varied]" in text and "colour_stats" in text
+    ck = res["by_mode"]["varied"]["methods"]["checkpoint"]
+    assert 0 <= ck["image_share"] <= 1 and 0 <= ck["nmi_image_argmax"] <= 1
+    assert ck["images_per_concept"] >= 1 and "image_share" in res["methods"]["pixels"]
+    assert "nmi_image_argmax" not in res["methods"]["pixels"]  # no head, no argmax
     assert main(["eval", "concepts", "--checkpoint", str(smoke_run), "--data", "nope"]) == 1
     assert (
         "mcssl eval concepts: error: nope: expected images/ and masks/" in capsys.readouterr().err
     )
+
+
+def test_image_share_is_one_for_image_id_features_and_zero_for_shared_ones() -> None:
+    rng = np.random.default_rng(0)
+    onehot = [np.tile(np.eye(4)[i], (10, 1)) for i in range(4)]  # tokens = the image id
+    assert image_share(onehot) == pytest.approx(1.0)
+    same = rng.normal(size=(10, 8))
+    assert image_share([same, same[::-1], same]) == pytest.approx(0.0, abs=1e-12)
+    # two images, tokens +-e1 inside each, image offsets +-e2: half the variance is identity
+    a = np.array([[1.0, 1.0], [-1.0, 1.0]])
+    b = np.array([[1.0, -1.0], [-1.0, -1.0]])
+    assert image_share([a, b]) == pytest.approx(0.5)
+    assert image_share([np.ones((3, 2)), np.ones((3, 2))]) == 0.0  # no variance at all
+
+
+def test_argmax_spread_tells_per_image_vocabularies_from_shared_ones() -> None:
+    own = [np.full(9, i) for i in range(5)]  # each image its own pseudo-concept
+    got = argmax_spread(own)
+    assert got["nmi_image_argmax"] == pytest.approx(1.0) and got["images_per_concept"] == 1.0
+    shared = [np.arange(9) % 3 for _ in range(5)]  # the same three concepts in every image
+    got = argmax_spread(shared)
+    assert got["nmi_image_argmax"] == pytest.approx(0.0, abs=1e-9)
+    assert got["images_per_concept"] == 5.0
+    mixed = [np.array([0, 0, 1]), np.array([0, 2, 2]), np.array([0, 3, 3])]  # 3, 1, 1, 1 images
+    assert argmax_spread(mixed)["images_per_concept"] == 1.0
+
+
+def test_colour_stats_are_each_cells_mean_and_std() -> None:
+    from mcssl.images import MEAN, STD
+
+    arr = np.zeros((16, 16, 3), np.uint8)
+    arr[:8, :8] = (255, 0, 0)  # top-left cell flat red
+    arr[:8, 8:] = 255  # top-right cell: half white, half black rows
+    arr[4:8, 8:] = 0
+    (t, grid, am) = colour_features(8, 16)([Image.fromarray(arr)])[0]
+    assert t.shape == (4, 6) and grid == (2, 2) and am is None
+    red = (np.array([1.0, 0.0, 0.0]) - MEAN) / STD
+    assert t[0, :3] == pytest.approx(red, abs=1e-5) and t[0, 3:] == pytest.approx(0, abs=1e-5)
+    assert t[1, 3:] == pytest.approx(0.5 / np.asarray(STD), abs=1e-5)  # std of {0, 1} = 0.5
+
+
+def test_colour_stats_solve_fixed_colours_but_not_varied_ones() -> None:
+    """Colour alone gives the class away in the fixed mode, not in the varied one."""
+    got = {}
+    for mode in ("fixed", "varied"):
+        data = load_benchmark("synthetic:40", 0, mode)
+        got[mode] = score(colour_features(8, 64)([d.image for d in data]), data, 8)["nmi"]
+    assert got["fixed"] > 0.2 and got["varied"] < 0.6 * got["fixed"]
+    assert load_benchmark("synthetic:2", 0, "varied")[0].name.startswith("scenevaried")
+    with pytest.raises(BenchmarkError, match="one of"):
+        load_benchmark("synthetic:2", 0, "odd")

@@ -82,3 +82,4 @@ def test_a_healthy_run_is_quiet_and_logs_its_concept_score(smoke_run: Path) -> N
     scored = [r for r in rows if "concept_ari" in r]
     assert [r["step"] for r in scored] == [9]  # monitor_every=10 > 9 steps: scored at the end
     assert 0 < scored[0]["concept_miou"] <= 1 and -1 <= scored[0]["concept_ari"] <= 1
+    assert 0 < scored[0]["concept_image_share"] < 1  # the per-image shortcut, measured online

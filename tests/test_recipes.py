@@ -26,6 +26,11 @@ NEW_KEYS: dict[str, Any] = {
     "optim.freeze_last_layer_heads": ["patch", "cls"],
     "optim.clip_mode": "global",
     "run.tensorboard": False,
+    "shortcut.sinkhorn_iters": 0,  # issue 13's levers: all off
+    "shortcut.student_colour": False,
+    "shortcut.image_centring": 0.0,
+    "shortcut.norm_pix": False,
+    "shortcut.cross_view": False,
 }
 
 # Every value reference_vits16 sets, and where the reference code has it.

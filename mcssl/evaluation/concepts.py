@@ -5,6 +5,13 @@ ARI and Hungarian-matched mIoU; across images, one co-clustering with k = number
 scored by NMI against the classes. The same images and k-means go through every method, so
 the baselines (raw pixel patches, a randomly initialised ViT of the same architecture) are
 directly comparable with the checkpoint.
+
+Beside those, three measures of the per-image shortcut (a vocabulary of each image's own
+instead of concepts that hold across images): the share of token variance explained by image
+identity, the NMI of the argmax pseudo-concepts with the image id, and the median number of
+images a pseudo-concept occurs in. A colour-statistics baseline (each patch cell's mean and std
+of RGB) and a scene mode where colour does not give the class away (``mcssl.scenes``) show
+whether a method does better than colour.
 """
 
 from __future__ import annotations
@@ -18,12 +25,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mcssl.explore.concepts import cocluster, kmeans_labels
+from mcssl.explore.concepts import _normalise, cocluster, kmeans_labels
 from mcssl.explore.encoder import Encoder
 from mcssl.explore.features import FeatureExtractor, Settings, model_size, to_tensor
 from mcssl.images import IMAGE_EXTENSIONS, ImageError, load_rgb
 from mcssl.metrics import ari, matched_miou, nmi, patch_labels
-from mcssl.scenes import SceneSpec, make_scenes
+from mcssl.scenes import MODES, make_scenes, spec_for
 
 # features for a list of images: per image tokens (N, D), grid (h, w) and the argmax
 # pseudo-concept per token (N,) when the method has a patch-concept head, else None
@@ -42,10 +49,10 @@ class Labelled:
     name: str
 
 
-def synthetic(n: int, seed: int, size: int = 128) -> list[Labelled]:
-    scenes = make_scenes(n, seed, SceneSpec(size=size))
+def synthetic(n: int, seed: int, size: int = 128, mode: str = "fixed") -> list[Labelled]:
+    scenes = make_scenes(n, seed, spec_for(mode, size))
     return [
-        Labelled(Image.fromarray(img), mask, f"scene{seed}_{i:04d}")
+        Labelled(Image.fromarray(img), mask, f"scene{mode}{seed}_{i:04d}")
         for i, (img, mask) in enumerate(scenes)
     ]
 
@@ -77,8 +84,9 @@ def from_folder(root: str | Path) -> list[Labelled]:
     return out
 
 
-def load_benchmark(spec: str, seed: int = 0) -> list[Labelled]:
-    """``synthetic:N`` (N generated scenes from ``seed``) or a folder with images/ and masks/."""
+def load_benchmark(spec: str, seed: int = 0, mode: str = "fixed") -> list[Labelled]:
+    """``synthetic:N`` (N generated scenes of ``mode`` from ``seed``) or a folder with images/
+    and masks/ (``mode`` does not apply)."""
     if spec.startswith("synthetic:"):
         try:
             n = int(spec.split(":", 1)[1])
@@ -86,7 +94,9 @@ def load_benchmark(spec: str, seed: int = 0) -> list[Labelled]:
             raise BenchmarkError(f"{spec}: expected synthetic:N with an integer N") from None
         if n < 1:
             raise BenchmarkError(f"{spec}: N must be at least 1")
-        return synthetic(n, seed)
+        if mode not in MODES:
+            raise BenchmarkError(f"scene mode must be one of {MODES}, got {mode!r}")
+        return synthetic(n, seed, mode=mode)
     return from_folder(spec)
 
 
@@ -112,17 +122,38 @@ def random_like(enc: Encoder, seed: int = 0) -> Encoder:
     return Encoder(backbone, None, None, enc.teacher_temp, {"format": "random"}, "random")
 
 
+def _patch_pixels(im: Image.Image, patch: int, resolution: int) -> tuple[torch.Tensor, tuple]:
+    """The model input's normalised pixels per patch cell -> (h * w, 3, patch * patch), (h, w)."""
+    size = model_size(*im.size, patch, resolution, 4 * resolution)
+    x = to_tensor(im, size)  # (3, H, W)
+    h, w = size[1] // patch, size[0] // patch
+    t = x.reshape(3, h, patch, w, patch).permute(1, 3, 0, 2, 4).reshape(h * w, 3, -1)
+    return t, (h, w)
+
+
 def pixel_features(patch: int, resolution: int) -> Featuriser:
     """Raw normalised pixels of each patch, flattened: (N, 3 * patch * patch)."""
 
     def run(images: list[Image.Image]) -> list[Feats]:
         out = []
         for im in images:
-            size = model_size(*im.size, patch, resolution, 4 * resolution)
-            x = to_tensor(im, size)  # (3, H, W)
-            h, w = size[1] // patch, size[0] // patch
-            t = x.reshape(3, h, patch, w, patch).permute(1, 3, 0, 2, 4).reshape(h * w, -1)
-            out.append((t.numpy(), (h, w), None))
+            t, grid = _patch_pixels(im, patch, resolution)
+            out.append((t.reshape(t.shape[0], -1).numpy(), grid, None))
+        return out
+
+    return run
+
+
+def colour_features(patch: int, resolution: int) -> Featuriser:
+    """Colour statistics of each patch cell, what a sceptical user tries first: mean and std
+    of each RGB channel -> (N, 6)."""
+
+    def run(images: list[Image.Image]) -> list[Feats]:
+        out = []
+        for im in images:
+            t, grid = _patch_pixels(im, patch, resolution)
+            stats = torch.cat([t.mean(-1), t.std(-1, correction=0)], dim=1)
+            out.append((stats.numpy(), grid, None))
         return out
 
     return run
@@ -139,9 +170,36 @@ def truth_at(mask: np.ndarray, grid: tuple[int, int], patch: int) -> np.ndarray:
     return patch_labels(np.asarray(m), patch)
 
 
+def image_share(tokens: list[np.ndarray]) -> float:
+    """Share of the (L2-normalised, as k-means sees them) token variance explained by image
+    identity: between-image sum of squares / total sum of squares, in [0, 1]. 1 = every image's
+    tokens are all alike (the image is all there is); 0 = every image has the same token mean.
+    tokens: one (N_i, D) array per image."""
+    x = [_normalise(t).astype(np.float64) for t in tokens]
+    allx = np.concatenate(x)
+    mean = allx.mean(0)
+    total = float(((allx - mean) ** 2).sum())
+    between = sum(len(t) * float(((t.mean(0) - mean) ** 2).sum()) for t in x)
+    return between / total if total > 0 else 0.0
+
+
+def argmax_spread(argmax: list[np.ndarray]) -> dict[str, float]:
+    """How image-specific the argmax pseudo-concepts are: NMI with the image id (high = each
+    image has a vocabulary of its own) and the median number of images a used pseudo-concept
+    occurs in. argmax: one (N_i,) int array per image."""
+    ids = np.concatenate([np.full(len(a), i) for i, a in enumerate(argmax)])
+    concepts = np.concatenate(argmax)
+    images_per = [len(np.unique(ids[concepts == c])) for c in np.unique(concepts)]
+    return {
+        "nmi_image_argmax": nmi(ids, concepts),
+        "images_per_concept": float(np.median(images_per)),
+    }
+
+
 def score(feats: list[Feats], data: list[Labelled], patch: int, seed: int = 0) -> dict[str, float]:
-    """-> mean and std of per-image ARI and mIoU, co-clustering NMI, image count, and (for a
-    checkpoint with a concept head) the NMI of the argmax pseudo-concepts with the classes."""
+    """-> mean and std of per-image ARI and mIoU, co-clustering NMI, image count, the image-
+    identity share of the token variance, and (for a checkpoint with a concept head) the NMI of
+    the argmax pseudo-concepts with the classes and the ``argmax_spread`` measures."""
     aris, mious, tokens, truths = [], [], [], []
     for (t, grid, _), item in zip(feats, data, strict=True):
         truth = truth_at(item.mask, grid, patch).ravel()
@@ -158,9 +216,17 @@ def score(feats: list[Feats], data: list[Labelled], patch: int, seed: int = 0) -
     n_classes = len(np.unique(np.concatenate(truths)))
     co = np.concatenate(cocluster(tokens, n_classes, seed))
     argmax = [f[2] for f in feats]
-    concept_nmi = None if argmax[0] is None else nmi(np.concatenate(truths), np.concatenate(argmax))
+    head: dict[str, float | None] = {
+        "nmi_concepts": None,
+        "nmi_image_argmax": None,
+        "images_per_concept": None,
+    }
+    if argmax[0] is not None:
+        head = {"nmi_concepts": nmi(np.concatenate(truths), np.concatenate(argmax))}
+        head.update(argmax_spread(argmax))
     return {
-        "nmi_concepts": concept_nmi,
+        **head,
+        "image_share": image_share(tokens),
         "ari": float(np.mean(aris)),
         "ari_std": float(np.std(aris)),
         "miou": float(np.mean(mious)),
@@ -173,12 +239,30 @@ def score(feats: list[Feats], data: list[Labelled], patch: int, seed: int = 0) -
 def featurisers(
     enc: Encoder, resolution: int, layer: int, baselines: bool, seed: int
 ) -> dict[str, Featuriser]:
-    """The checkpoint and (optionally) the two baselines at the same resolution and patch."""
+    """The checkpoint and (optionally) the three baselines at the same resolution and patch."""
     out = {"checkpoint": encoder_features(enc, resolution, layer)}
     if baselines:
         out["random_vit"] = encoder_features(random_like(enc, seed), resolution, layer)
         out["pixels"] = pixel_features(enc.patch_size, resolution)
+        out["colour_stats"] = colour_features(enc.patch_size, resolution)
     return out
+
+
+HEAD_METRICS = ("nmi_concepts", "nmi_image_argmax", "images_per_concept")
+METRICS = ("ari", "miou", "nmi", "image_share") + HEAD_METRICS
+
+
+def _summary(per_seed: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per method: each metric's mean and std over seeds (head metrics where there is a head)."""
+    summary = {}
+    for name, rows in per_seed.items():
+        summary[name] = {"images_per_seed": rows[0]["images"]}
+        for m in METRICS:
+            if rows[0].get(m) is None:
+                continue
+            summary[name][m] = float(np.mean([r[m] for r in rows]))
+            summary[name][f"{m}_sd_seeds"] = float(np.std([r[m] for r in rows]))
+    return summary
 
 
 def evaluate(
@@ -188,41 +272,57 @@ def evaluate(
     resolution: int | None = None,
     layer: int = -1,
     baselines: bool = True,
+    modes: list[str] | tuple[str, ...] = ("fixed",),
 ) -> dict:
-    """Scores the checkpoint (and the baselines) on ``data_spec`` for each seed; the seed picks
-    the synthetic scenes, k-means' initialisation and the random ViT. ``resolution`` None =
-    the checkpoint's training size (the scale its features were learnt at), else the images'.
-    -> {"methods": {name: {metric: mean over seeds, metric_sd_seeds: std over seeds,
-    images_per_seed}}, "per_seed": {name: [scores per seed]}, ...}."""
-    per_seed: dict[str, list[dict]] = {}
-    for s in seeds:
-        data = load_benchmark(data_spec, s)
-        res = resolution or int(enc.info.get("img_size") or min(data[0].image.size))
-        for name, featurise in featurisers(enc, res, layer, baselines, s).items():
-            feats = featurise([d.image for d in data])
-            per_seed.setdefault(name, []).append(
-                {"seed": s, **score(feats, data, enc.patch_size, s)}
-            )
-    summary = {}
-    for name, rows in per_seed.items():
-        summary[name] = {"images_per_seed": rows[0]["images"]}
-        has_head = rows[0]["nmi_concepts"] is not None
-        metrics = ("ari", "miou", "nmi") + (("nmi_concepts",) if has_head else ())
-        for m in metrics:
-            summary[name][m] = float(np.mean([r[m] for r in rows]))
-            summary[name][f"{m}_sd_seeds"] = float(np.std([r[m] for r in rows]))
-    return {"data": data_spec, "seeds": seeds, "methods": summary, "per_seed": per_seed}
+    """Scores the checkpoint (and the baselines) on ``data_spec`` for each seed and scene mode
+    (synthetic data only; a folder is scored once); the seed picks the synthetic scenes,
+    k-means' initialisation and the random ViT. ``resolution`` None = the checkpoint's training
+    size (the scale its features were learnt at), else the images'.
+    -> {"by_mode": {mode: {"methods": {name: {metric: mean over seeds, metric_sd_seeds: std
+    over seeds, images_per_seed}}, "per_seed": {name: [scores per seed]}}}, "methods" and
+    "per_seed": those of the first mode, ...}."""
+    if not data_spec.startswith("synthetic:"):
+        modes = ("folder",)
+    by_mode = {}
+    for mode in modes:
+        per_seed: dict[str, list[dict]] = {}
+        for s in seeds:
+            data = load_benchmark(data_spec, s, "fixed" if mode == "folder" else mode)
+            res = resolution or int(enc.info.get("img_size") or min(data[0].image.size))
+            for name, featurise in featurisers(enc, res, layer, baselines, s).items():
+                feats = featurise([d.image for d in data])
+                per_seed.setdefault(name, []).append(
+                    {"seed": s, **score(feats, data, enc.patch_size, s)}
+                )
+        by_mode[mode] = {"methods": _summary(per_seed), "per_seed": per_seed}
+    first = by_mode[modes[0]]
+    return {"data": data_spec, "seeds": seeds, "modes": list(modes), "by_mode": by_mode, **first}
+
+
+_COLUMNS = (
+    ("ARI", "ari"),
+    ("mIoU", "miou"),
+    ("NMI co-cl.", "nmi"),
+    ("img share", "image_share"),
+    ("NMI argmax", "nmi_concepts"),
+    ("NMI arg/img", "nmi_image_argmax"),
+    ("imgs/concept", "images_per_concept"),
+)
 
 
 def format_table(result: dict) -> str:
-    head = ("ARI", "mIoU", "NMI co-cluster", "NMI argmax")
-    lines = [f"{'method':<12} " + " ".join(f"{h:>15}" for h in head)]
-    for name, m in result["methods"].items():
-        cells = [
-            f"{m[k]:.3f} ± {m[k + '_sd_seeds']:.3f}" if k in m else "-"
-            for k in ("ari", "miou", "nmi", "nmi_concepts")
-        ]
-        lines.append(f"{name:<12} " + " ".join(f"{c:>15}" for c in cells))
+    """One block per scene mode: a row per method, mean ± std over seeds per metric."""
+    lines = []
+    for mode, got in result.get("by_mode", {"-": result}).items():
+        lines.append(f"[{mode}] {'method':<12} " + " ".join(f"{h:>14}" for h, _ in _COLUMNS))
+        for name, m in got["methods"].items():
+            cells = [
+                f"{m[k]:.3f} ± {m[k + '_sd_seeds']:.3f}" if k in m else "-" for _, k in _COLUMNS
+            ]
+            lines.append(f"{'':<{len(mode) + 3}}{name:<12} " + " ".join(f"{c:>14}" for c in cells))
     n, s = result["methods"]["checkpoint"]["images_per_seed"], len(result["seeds"])
-    lines.append(f"{n} images x {s} seeds ({result['data']}); ± = std over seeds")
+    lines.append(
+        f"{n} images x {s} seeds ({result['data']}); ± = std over seeds; img share = token "
+        "variance explained by image identity; NMI arg/img = argmax pseudo-concepts vs image id"
+    )
     return "\n".join(lines)

@@ -27,8 +27,9 @@ def _encoder(backbone: torch.nn.Module, step: int) -> Encoder:
 
 
 def concept_monitor(n_scenes: int, patch_size: int) -> Monitor:
-    """Concept-discovery ARI / mIoU / NMI on a fixed set of generated scenes (mcssl eval
-    concepts, without baselines)."""
+    """Concept-discovery ARI / mIoU / NMI and the image-identity share of the token variance
+    (the per-image shortcut) on a fixed set of generated scenes (mcssl eval concepts, without
+    baselines). The argmax measures need the concept head, which the monitor does not get."""
     scenes = []  # made at the first call: only the rank that writes metrics needs them
 
     @torch.no_grad()
@@ -38,7 +39,12 @@ def concept_monitor(n_scenes: int, patch_size: int) -> Monitor:
             [d.image for d in scenes]
         )
         got = score(feats, scenes, patch_size)
-        return {"concept_ari": got["ari"], "concept_miou": got["miou"], "concept_nmi": got["nmi"]}
+        return {
+            "concept_ari": got["ari"],
+            "concept_miou": got["miou"],
+            "concept_nmi": got["nmi"],
+            "concept_image_share": got["image_share"],
+        }
 
     return run
 

@@ -31,3 +31,14 @@ def reconstruction_loss(
         return err.mean()
     px = pixel_mask(mask, err)
     return (err * px).sum() / px.sum().clamp_min(1)
+
+
+def norm_pix(x: torch.Tensor, patch: int, eps: float = 1e-6) -> torch.Tensor:
+    """MAE's norm-pix target: each patch cell's pixels (all channels together) shifted to mean
+    0 and scaled to std 1, so a patch's brightness and contrast are not what is predicted.
+    x: (B, C, H, W) -> same shape."""
+    b, c, h, w = x.shape
+    cells = x.float().reshape(b, c, h // patch, patch, w // patch, patch)
+    mean = cells.mean(dim=(1, 3, 5), keepdim=True)
+    var = cells.var(dim=(1, 3, 5), keepdim=True, correction=0)
+    return ((cells - mean) / (var + eps).sqrt()).reshape(b, c, h, w).to(x.dtype)

@@ -20,6 +20,7 @@ from torchvision.transforms import v2
 
 from mcssl.config import Config
 from mcssl.images import MEAN, STD, ImageError
+from mcssl.train.matching import crop_with_box
 from mcssl.train.sources import CachedImage, DataError, load_item, resolve_items
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,16 @@ def per_view(values: list[float], n: int) -> list[float]:
     return [values[min(i, len(values) - 1)] for i in range(n)]
 
 
+def split_augment(
+    size: int, scale: tuple[float, float], blur: float = 0.5, solarize: float = 0.0
+) -> tuple[v2.Compose, v2.Compose]:
+    """``sit_augment`` cut in two: (geometry: crop + flip, colour: jitter, greyscale, blur and
+    normalisation), so that two views can share a crop and differ in colour
+    (``shortcut.student_colour``)."""
+    full = sit_augment(size, scale, blur, solarize).transforms
+    return v2.Compose(full[:2]), v2.Compose(full[2:])
+
+
 class UnlabelledImages(Dataset):
     """Indexed by ``(epoch, i)``; returns global views, local views and a failure count.
 
@@ -68,6 +79,12 @@ class UnlabelledImages(Dataset):
         ]
         self.local_aug = sit_augment(d.local_size, tuple(d.local_scale), d.local_blur)
         self.max_pixels = cfg.data.max_image_pixels
+        self.student_colour, self.cross_view = cfg.shortcut.student_colour, cfg.shortcut.cross_view
+        self.img_size, self.global_scale = cfg.model.img_size, tuple(cfg.data.global_scale)
+        self.split_augs = [  # per view, as global_augs
+            split_augment(cfg.model.img_size, tuple(d.global_scale), blur[v], sol[v])
+            for v in range(n)
+        ]
         self.seed = seed
         self.warned: set[int] = set()  # per worker: say once which file is unreadable
 
@@ -96,9 +113,34 @@ class UnlabelledImages(Dataset):
         img, failed = self._first_readable(i, self._load)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash((self.seed, epoch, i)) & 0x7FFF_FFFF_FFFF)
-            views_g = [aug(img) for aug in self.global_augs]
+            if self.student_colour or self.cross_view:
+                views_g, views_s, boxes = self._paired_views(img)
+            else:
+                views_g, views_s, boxes = [aug(img) for aug in self.global_augs], [], []
             views_l = [self.local_aug(img) for _ in range(self.n_local)]
-        return {"global": views_g, "local": views_l, "failed": failed}
+        return {
+            "global": views_g,
+            "local": views_l,
+            "student": views_s,
+            "boxes": boxes,
+            "failed": failed,
+        }
+
+    def _paired_views(self, img: Image.Image) -> tuple[list, list, list]:
+        """-> teacher views, student views (``shortcut.student_colour``: pairwise the same crop,
+        each its own colours; else none), crop boxes (``shortcut.cross_view``; else none)."""
+        crops, boxes = [], []
+        for geometry, _ in self.split_augs:
+            if self.cross_view:
+                crop, box = crop_with_box(img, self.img_size, self.global_scale)
+                boxes.append(box)
+            else:
+                crop = geometry(img)
+            crops.append(crop)
+        colours = [colour for _, colour in self.split_augs]
+        teacher = [c(x) for c, x in zip(colours, crops, strict=True)]
+        student = [c(x) for c, x in zip(colours, crops, strict=True)] if self.student_colour else []
+        return teacher, student, boxes
 
 
 class RawImages(UnlabelledImages):
@@ -209,10 +251,14 @@ class DeviceViews:
 
 
 def collate(samples: list[dict]) -> dict:
-    """-> global: list of G tensors (B, 3, H, W); local: list of L tensors; failed: int."""
+    """-> global: list of G tensors (B, 3, H, W); local: list of L tensors; student: G tensors
+    (shortcut.student_colour) or none; boxes: G tensors (B, 5) (shortcut.cross_view) or none;
+    failed: int."""
     return {
         "global": [torch.stack(v) for v in zip(*(s["global"] for s in samples), strict=True)],
         "local": [torch.stack(v) for v in zip(*(s["local"] for s in samples), strict=True)],
+        "student": [torch.stack(v) for v in zip(*(s["student"] for s in samples), strict=True)],
+        "boxes": [torch.stack(v) for v in zip(*(s["boxes"] for s in samples), strict=True)],
         "failed": sum(s["failed"] for s in samples),
     }
 

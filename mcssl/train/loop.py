@@ -31,12 +31,14 @@ from mcssl.losses import (
     CenteredCrossEntropy,
     MultiViewCrossEntropy,
     combine_losses,
+    norm_pix,
     reconstruction_loss,
 )
 from mcssl.models import Student, Teacher, ema_pairs, ema_update
 from mcssl.train import distributed, monitor
 from mcssl.train.data import build_data
 from mcssl.train.gmml import GMMLParams, gmml_corrupt
+from mcssl.train.matching import cross_view_loss
 from mcssl.train.schedules import cosine_schedule, warmup_constant
 
 log = logging.getLogger(__name__)
@@ -134,8 +136,13 @@ class Trainer:
         self.student = Student(cfg.model, cfg.loss.cls_term, n_terms).to(dev)
         self.teacher = Teacher(self.student).to(dev)
         lc = cfg.loss
+        sc = cfg.shortcut
         self.patch_loss = CenteredCrossEntropy(
-            cfg.model.num_concepts, lc.student_temp, lc.center_momentum
+            cfg.model.num_concepts,
+            lc.student_temp,
+            lc.center_momentum,
+            sc.sinkhorn_iters,
+            sc.image_centring,
         ).to(dev)
         self.cls_loss = None
         if lc.cls_term:
@@ -295,14 +302,24 @@ class Trainer:
             g["weight_decay"] = float(self.sched.wd[i]) if g["decay"] else 0.0
         x = torch.cat([v.to(dev, non_blocking=True) for v in batch["global"]])
         local = [v.to(dev, non_blocking=True) for v in batch["local"]]
+        # shortcut.student_colour: the student's copy of the crop has colours of its own, and
+        # the reconstruction target follows them; else student and teacher share the view
+        own = batch.get("student")
+        xs = torch.cat([v.to(dev, non_blocking=True) for v in own]) if own else x
         # a per-step seed keeps corruption reproducible across resumes without saving RNG state
         self.gen.manual_seed(hash((cfg.run.seed, self.dist.rank, i)) & 0x7FFF_FFFF_FFFF)
-        corrupted, mask = gmml_corrupt(x, cfg.model.patch_size, self.gmml, self.gen)
+        corrupted, mask = gmml_corrupt(xs, cfg.model.patch_size, self.gmml, self.gen)
+        target = norm_pix(xs, cfg.model.patch_size) if cfg.shortcut.norm_pix else xs
         tt = float(self.sched.teacher_temp[i])
         with self._autocast():
             t = self.teacher_fwd(x)
             s = self.model(corrupted, local)
-            terms = self._loss_terms(s, t, x, mask, tt)
+            terms = self._loss_terms(s, t, target, mask, tt)
+            if cfg.shortcut.cross_view:  # half token-aligned, half the other crop's location
+                p_t = self.patch_loss.teacher_probs(t["patch_logits"], tt)
+                boxes = [v.to(dev) for v in batch["boxes"]]
+                cross = cross_view_loss(s["patch_logits"], p_t, boxes, cfg.loss.student_temp)
+                terms["concept"] = 0.5 * (terms["concept"] + cross)
             weights = {
                 "recon": cfg.loss.recon_weight,
                 "concept": cfg.loss.concept_weight,
@@ -324,9 +341,9 @@ class Trainer:
             self.cls_loss.update_center(t["cls_logits"])
         self.nonfinite |= ~torch.isfinite(loss.detach())
         if (i + 1) % cfg.run.log_every == 0 or i + 1 == self.total_steps:
-            self._measure_health(s, t, x, mask, tt)
+            self._measure_health(s, t, target, mask, tt)
         self.step += 1
-        self._last = (x, corrupted, s["recon"])
+        self._last = (xs, corrupted, s["recon"])
         return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
     def _clip_gradients(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,231 @@
+"""Levers against the per-image shortcut (``shortcut.*``): each does what it says, and all are
+off unless a recipe turns them on."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+
+from mcssl.config import ConfigError, ShortcutConfig, load_config
+from mcssl.losses import CenteredCrossEntropy, norm_pix
+from mcssl.losses.concept import sinkhorn_knopp
+from mcssl.train.data import UnlabelledImages
+from mcssl.train.matching import correspondence, crop_with_box, cross_view_loss, sample_at
+
+
+def _marginals(q: torch.Tensor) -> torch.Tensor:
+    """Share of all target mass per concept, x K (1 = uniform)."""
+    k = q.shape[-1]
+    col = q.reshape(-1, k).sum(0)
+    return col / col.sum() * k
+
+
+def _peaky_logits(seed: int = 0, rows: int = 512, k: int = 32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(rows, k, generator=g) * 0.3
+    z[:, :4] += 0.5  # four concepts dominate, as after a collapse to few concepts
+    return z
+
+
+def test_sinkhorn_targets_have_uniform_marginals_over_the_batch() -> None:
+    z = _peaky_logits().reshape(8, 64, 32)  # (B, N, K): every token of the batch counts
+    q = sinkhorn_knopp(z, 0.04, 100)
+    assert q.shape == z.shape
+    assert q.sum(-1) == pytest.approx(torch.ones(8, 64), abs=1e-5)  # each row a distribution
+    assert _marginals(q) == pytest.approx(torch.ones(32), abs=0.01)
+    soft = torch.softmax(z / 0.04, -1)
+    assert (_marginals(soft) - 1).abs().max() > 1.0  # softmax alone is far from uniform
+    few = (_marginals(sinkhorn_knopp(z, 0.04, 3)) - 1).abs().max()
+    assert few < 0.5 * (_marginals(soft) - 1).abs().max()  # 3 iterations: most of the way
+
+
+def test_sinkhorn_survives_extreme_logits() -> None:
+    z = _peaky_logits() * 100  # exp(z / 0.04) overflows float32 without the row shift
+    q = sinkhorn_knopp(z, 0.04, 3)
+    assert torch.isfinite(q).all() and q.sum(-1) == pytest.approx(torch.ones(512), abs=1e-4)
+
+
+def _ddp_worker(rank: int, path: str, out: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
+    z = _peaky_logits().reshape(2, 256, 32)[rank]  # each rank holds half the batch
+    out[rank] = sinkhorn_knopp(z, 0.04, 100)
+    dist.destroy_process_group()
+
+
+def test_sinkhorn_balances_the_global_batch_under_ddp() -> None:
+    """Two gloo processes, each with half the tokens, get the rows that one process with the
+    whole batch gets: the balancing is over the global batch, not each rank's share."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = mp.Manager().dict()
+        mp.spawn(_ddp_worker, args=(os.path.join(tmp, "store"), out), nprocs=2)
+        got = torch.cat([out[0], out[1]])
+    whole = sinkhorn_knopp(_peaky_logits(), 0.04, 100)
+    assert got == pytest.approx(whole, abs=1e-5)
+    assert (_marginals(out[0]) - 1).abs().max() > 0.05  # one rank alone is not balanced
+
+
+def test_image_centring_removes_what_all_tokens_of_an_image_share() -> None:
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(1, 16, 8, generator=g)
+    offsets = torch.randn(3, 1, 8, generator=g) * 2  # an image-specific shift of every token
+    z = base + offsets  # (3 images, 16 tokens, 8 concepts)
+    full = CenteredCrossEntropy(8, image_centring=1.0).teacher_probs(z, 0.1)
+    assert full[0] == pytest.approx(full[1], abs=1e-5) and full[0] == pytest.approx(
+        full[2], abs=1e-5
+    )
+    plain = CenteredCrossEntropy(8).teacher_probs(z, 0.1)
+    assert (plain[0] - plain[1]).abs().max() > 0.1
+    half = CenteredCrossEntropy(8, image_centring=0.5).teacher_probs(z, 0.1)
+    want = torch.softmax((z - 0.5 * z.mean(1, keepdim=True)) / 0.1, -1)
+    assert half == pytest.approx(want, abs=1e-6)
+
+
+def test_norm_pix_makes_every_patch_cell_zero_mean_unit_std() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 3, 16, 16, generator=g)
+    y = norm_pix(x, 8)
+    cells = y.reshape(2, 3, 2, 8, 2, 8)
+    assert cells.mean(dim=(1, 3, 5)) == pytest.approx(torch.zeros(2, 2, 2), abs=1e-5)
+    assert cells.std(dim=(1, 3, 5), correction=0) == pytest.approx(torch.ones(2, 2, 2), abs=1e-3)
+    shifted = x.clone()
+    shifted[..., :8, :8] = shifted[..., :8, :8] * 0.5 + 0.2  # one cell's brightness/contrast
+    assert norm_pix(shifted, 8) == pytest.approx(y, abs=1e-4)  # ...is not the target any more
+
+
+def _smooth_grey(seed: int) -> Image.Image:
+    """A grey (R = G = B) smooth random field in [0.3, 0.7]: hue and saturation jitter leave it
+    grey, brightness / contrast change it affinely, and no two crops look alike."""
+    rng = np.random.default_rng(seed)
+    small = rng.uniform(0.3, 0.7, (6, 6))
+    big = np.asarray(Image.fromarray((small * 255).astype(np.uint8)).resize((96, 96), 3))
+    return Image.fromarray(np.repeat(big[..., None], 3, axis=2))
+
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.mean(0).flatten(), b.mean(0).flatten()
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm() + 1e-9))
+
+
+def test_student_colour_views_share_the_crop_but_not_the_colours() -> None:
+    cfg = load_config("smoke", ["data.global_crops=2", "shortcut.student_colour=true"])
+    ds = UnlabelledImages([_smooth_grey(s) for s in range(6)], cfg, seed=0)
+    same, other, colour_gap = [], [], []
+    for i in range(6):
+        item = ds[(0, i)]
+        (t0, t1), (s0, s1) = item["global"], item["student"]
+        same += [_corr(t0, s0), _corr(t1, s1)]
+        other.append(_corr(t0, s1))  # a different crop of the same image
+        colour_gap.append(float((t0.mean() - s0.mean()).abs() + (t0.std() - s0.std()).abs()))
+    assert min(same) > 0.9  # the same geometry up to an affine change of grey level (+ blur)
+    assert np.mean(other) < 0.6
+    assert sum(g > 0.05 for g in colour_gap) >= 4  # and most pairs differ in colour statistics
+    off = UnlabelledImages([_smooth_grey(0)], load_config("smoke"), seed=0)[(0, 0)]
+    assert (
+        off["student"] == [] and off["boxes"] == []
+    )  # off: the student corrupts the teacher's view, as before
+
+
+def test_levers_are_off_in_every_bundled_recipe_and_checked() -> None:
+    for recipe in ("paper_vits16", "demo_cpu", "smoke", "reference_vits16"):
+        assert load_config(recipe, ["data.path=x"]).shortcut == ShortcutConfig()
+    off = ShortcutConfig()
+    levers = (off.sinkhorn_iters, off.student_colour, off.image_centring, off.norm_pix)
+    assert levers == (0, False, 0.0, False) and off.cross_view is False
+    with pytest.raises(ConfigError, match="image_centring"):
+        load_config("smoke", ["shortcut.image_centring=1.5"])
+    with pytest.raises(ConfigError, match="pipeline=plain"):
+        load_config("smoke", ["shortcut.student_colour=true", "data.pipeline=device"])
+
+
+def _coordinate_image(size: int = 240) -> Image.Image:
+    """R = column, G = row (one grey level per pixel): a pixel's colour is where it is."""
+    y, x = np.mgrid[0:size, 0:size]
+    arr = np.stack([x, y, np.zeros_like(x)], axis=2) * (255 / (size - 1))
+    return Image.fromarray(arr.round().astype(np.uint8))
+
+
+def _token_means(crop: Image.Image, grid: int) -> torch.Tensor:
+    """(1, N, 2) mean (R, G) per token cell of a crop."""
+    a = torch.from_numpy(np.asarray(crop, np.float32)[..., :2])  # (S, S, 2)
+    p = a.shape[0] // grid
+    return a.reshape(grid, p, grid, p, 2).mean(dim=(1, 3)).reshape(1, grid * grid, 2)
+
+
+def test_cross_view_tokens_map_to_the_same_image_location() -> None:
+    img, grid = _coordinate_image(), 8
+    torch.manual_seed(0)
+    checked, flips = 0, set()
+    for _ in range(12):
+        (ca, ba), (cb, bb) = crop_with_box(img, 64, (0.3, 1.0)), crop_with_box(img, 64, (0.3, 1.0))
+        flips.update({int(ba[4]), int(bb[4])})
+        loc, valid = correspondence(ba[None], bb[None], grid)
+        inner = valid & ((loc > 0.5 / grid) & (loc < 1 - 0.5 / grid)).all(-1)  # no extrapolation
+        got = sample_at(_token_means(cb, grid), loc)  # crop b's colours where crop a's tokens are
+        want = _token_means(ca, grid)
+        assert (got - want)[inner].abs().max() < 3.0  # grey levels of 255: the same place
+        checked += int(inner.sum())
+    assert checked > 100 and flips == {0, 1}  # mirrored crops were among them
+
+
+def test_cross_view_loss_with_the_same_crop_is_the_aligned_loss() -> None:
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(4, 16, 8, generator=g)  # G=2 views x B=2, 4 x 4 tokens, K = 8
+    t = torch.softmax(torch.randn(4, 16, 8, generator=g) / 0.1, -1)
+    box = torch.tensor([[0.1, 0.2, 0.7, 0.9, 0.0]] * 2)
+    got = cross_view_loss(s, t, [box, box], 0.1)
+    t_swapped = torch.cat(t.split(2)[::-1])  # view a against view b's targets, token by token
+    want = -(t_swapped * torch.log_softmax(s / 0.1, -1)).sum(-1).mean()
+    assert got == pytest.approx(float(want), rel=1e-5)
+    flipped = box.clone()
+    flipped[:, 4] = 1.0  # b is a's mirror image: a's token (r, c) is b's token (r, 3 - c)
+    mirror = t.reshape(4, 4, 4, 8).flip(2).reshape(4, 16, 8)
+    want = -(torch.cat(mirror.split(2)[::-1]) * torch.log_softmax(s / 0.1, -1)).sum(-1).mean()
+    assert cross_view_loss(s, t, [box, flipped], 0.1) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_cross_view_data_gives_boxes_and_the_config_checks_it() -> None:
+    cfg = load_config("smoke", ["data.global_crops=2", "shortcut.cross_view=true"])
+    item = UnlabelledImages([_smooth_grey(0)], cfg, seed=0)[(0, 0)]
+    assert [b.shape for b in item["boxes"]] == [(5,), (5,)] and item["student"] == []
+    assert all(0 <= float(b[0]) < float(b[2]) <= 1 for b in item["boxes"])
+    with pytest.raises(ConfigError, match="global_crops >= 2"):
+        load_config("smoke", ["data.global_crops=1", "shortcut.cross_view=true"])
+
+
+def _cols(t: torch.Tensor, u: list[float]) -> torch.Tensor:
+    """Rows kept, columns interpolated at token units u (clamped to the border), by hand.
+    t: (B, 16, K) on a 4 x 4 grid -> (B, 4 * len(u), K)."""
+    grid = t.reshape(t.shape[0], 4, 4, -1)
+    out = []
+    for v in u:
+        v = min(max(v, 0.0), 3.0)
+        i, w = int(v), v - int(v)
+        out.append((1 - w) * grid[:, :, i] + w * grid[:, :, min(i + 1, 3)])
+    return torch.stack(out, dim=2).reshape(t.shape[0], -1, t.shape[-1])
+
+
+def test_cross_view_loss_counts_only_tokens_seen_in_both_crops() -> None:
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(4, 16, 8, generator=g)
+    t = torch.softmax(torch.randn(4, 16, 8, generator=g) / 0.1, -1)
+    whole = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0]] * 2)
+    left = torch.tensor([[0.0, 0.0, 1.0, 0.5, 0.0]] * 2)  # view 1 = the left half of view 0
+    (s0, s1), (t0, t1) = s.split(2), t.split(2)
+
+    def ce(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return -(target * torch.log_softmax(logits / 0.1, -1)).sum(-1)
+
+    # view 0's columns 0, 1 lie in view 1 at token units 0.5, 2.5; columns 2, 3 do not
+    seen = s0.reshape(2, 4, 4, 8)[:, :, :2].reshape(2, 8, 8)
+    first = ce(_cols(t1, [0.5, 2.5]), seen).mean()
+    second = ce(_cols(t0, [-0.25, 0.25, 0.75, 1.25]), s1).mean()  # all of view 1 is in view 0
+    got = cross_view_loss(s, t, [whole, left], 0.1)
+    assert got == pytest.approx(float((first + second) / 2), rel=1e-5)
