@@ -37,7 +37,7 @@ from test_app_browser import COORDS_FRAME, _free_port, _wait_healthy  # noqa: E4
 from mcssl.checkpoint import EXPORT_FORMAT  # noqa: E402
 from mcssl.config import load_config  # noqa: E402
 from mcssl.explore.concepts import K_CHOICES, token_similarity  # noqa: E402
-from mcssl.explore.encoder import load_encoder  # noqa: E402
+from mcssl.explore.encoder import DEFAULT_CHECKPOINT, load_encoder  # noqa: E402
 from mcssl.explore.features import FeatureExtractor, Settings  # noqa: E402
 from mcssl.explore.gallery import Gallery, gallery_index  # noqa: E402
 from mcssl.explore.pipeline import label_features  # noqa: E402
@@ -161,7 +161,10 @@ def browser_times(url: str, reps: int, grid: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--checkpoint", default="vits16", help="vits16 (random ViT-S/16) or a path")
+    ap.add_argument(
+        "--checkpoint", default="vits16",
+        help="vits16 (random ViT-S/16), default (the bundled model) or a path",
+    )  # fmt: skip
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--app", default=str(ROOT / "app" / "main.py"), help="the app's main.py")
     args = ap.parse_args()
@@ -169,8 +172,8 @@ def main() -> None:
     ckpt = (
         str(vits16_export(tmp / "vits16.safetensors"))
         if args.checkpoint == "vits16"
-        else (args.checkpoint)
-    )
+        else str(DEFAULT_CHECKPOINT) if args.checkpoint == "default" else args.checkpoint
+    )  # fmt: skip
     port = _free_port()
     env = os.environ | {"MCSSL_DEFAULT_CHECKPOINT": ckpt, "MCSSL_RUNS": str(tmp / "runs")}
     streamlit = str(Path(sys.executable).parent / "streamlit")
