@@ -136,7 +136,7 @@ def access(address: str | None, env: Mapping[str, str] | None = None) -> Access:
 
 def data_source_path(source: str) -> str | None:
     """The file or folder a ``data.path`` value reads (None for samples and synthetic:N)."""
-    if not source or source == "samples" or source.startswith("synthetic:"):
+    if not source or source == "samples" or source.startswith(("synthetic:", "synthetic-varied:")):
         return None
     return source.removeprefix("cache:")
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from mcssl.config import load_config
 from mcssl.images import ImageError, find_images, load_rgb
+from mcssl.scenes import make_scenes, spec_for
 from mcssl.train.data import ResumableDistributedSampler, UnlabelledImages, build_data
 from mcssl.train.sources import DataError, resolve_items
 
@@ -87,6 +88,18 @@ def test_mixed_sources_with_weights(tmp_path: Path) -> None:
     ]:
         with pytest.raises(DataError, match=words):
             resolve_items(bad)
+
+
+def test_varied_scene_source_draws_the_benchmarks_varied_mode() -> None:
+    """synthetic-varied:N:SEED gives exactly the varied benchmark scenes of that seed."""
+    items, desc = resolve_items("synthetic-varied:3:7")
+    assert desc == "3 synthetic scenes (varied)"
+    want = make_scenes(3, 7, spec_for("varied"))
+    assert all(np.array_equal(np.asarray(a), img) for a, (img, _) in zip(items, want, strict=True))
+    fixed, _ = resolve_items("synthetic:3:7")
+    assert not np.array_equal(np.asarray(fixed[0]), np.asarray(items[0]))
+    with pytest.raises(DataError, match="expected synthetic-varied:N"):
+        resolve_items("synthetic-varied:x")
 
 
 def test_load_rgb_converts_odd_modes(tmp_path: Path) -> None:

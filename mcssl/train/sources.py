@@ -16,7 +16,10 @@ import numpy as np
 from PIL import Image
 
 from mcssl.images import IMAGE_EXTENSIONS, find_images, load_rgb, sample_photos
-from mcssl.scenes import make_scenes
+from mcssl.scenes import make_scenes, spec_for
+
+# data.path sources of generated scenes -> the benchmark mode they draw from
+SCENE_SOURCES = {"synthetic": "fixed", "synthetic-varied": "varied"}
 
 
 class DataError(ValueError):
@@ -85,16 +88,19 @@ def _one_source(source: str) -> tuple[list[Path | Image.Image], str]:
     if source == "samples":
         photos = sample_photos()
         return list(photos.values()), f"{len(photos)} scikit-image/scikit-learn photos"
-    if source.startswith("synthetic:"):
-        n, _, seed = source.split(":", 1)[1].partition(":")
+    kind, _, rest = source.partition(":")
+    if kind in SCENE_SOURCES:
+        n, _, seed = rest.partition(":")
         try:
             n_i, seed_i = int(n), int(seed or 0)
         except ValueError:
-            raise DataError(f"{source}: expected synthetic:N or synthetic:N:SEED") from None
+            raise DataError(f"{source}: expected {kind}:N or {kind}:N:SEED") from None
         if n_i < 1:
             raise DataError(f"{source}: N must be at least 1")
-        scenes = make_scenes(n_i, seed_i)
-        return [Image.fromarray(img) for img, _ in scenes], f"{n_i} synthetic scenes"
+        mode = SCENE_SOURCES[kind]
+        scenes = make_scenes(n_i, seed_i, spec_for(mode))
+        desc = f"{n_i} synthetic scenes" + ("" if mode == "fixed" else f" ({mode})")
+        return [Image.fromarray(img) for img, _ in scenes], desc
     try:
         files = find_images(source)
     except FileNotFoundError as e:
@@ -109,7 +115,8 @@ def resolve_items(path: str) -> tuple[list[Path | Image.Image], str]:
     """data.path -> items and a short description of the data (saved in the export).
 
     ``path`` is one source or several joined by ``+``; a source is ``samples`` (the bundled
-    photos), ``synthetic:N[:SEED]`` (generated scenes), ``cache:FILE.npy`` (built by ``mcssl
+    photos), ``synthetic:N[:SEED]`` / ``synthetic-varied:N[:SEED]`` (generated scenes of the
+    benchmark's ``fixed`` / ``varied`` mode), ``cache:FILE.npy`` (built by ``mcssl
     cache``), a folder or a .txt file list, and may
     end in ``*M`` to repeat its items M times (to weight a small source against a large one)."""
     items: list[Path | Image.Image] = []
