@@ -17,7 +17,7 @@ install: $(VENV)/.installed
 
 # The README's app command: the concept explorer on the bundled checkpoint (.streamlit/config.toml)
 app: install
-	$(VENV)/bin/streamlit run app/main.py --server.port $(PORT)
+	$(VENV)/bin/streamlit run app/serve.py --server.port $(PORT)
 
 lint: install
 	$(VENV)/bin/ruff check mcssl app tests benchmarks

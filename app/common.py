@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
+import warmup
 from auth import PathRefused, checked
 
 from mcssl.explore.concepts import K_CHOICES
@@ -43,21 +44,25 @@ def runs_dir() -> Path:
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def encoder(spec: str, stamp: float) -> Encoder:
     """``stamp`` (the file's mtime) makes a re-exported checkpoint load again."""
-    return load_encoder(spec)
+    return warmup.STATE.found("encoder", spec, stamp) or load_encoder(spec)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def extractor(
     spec: str, stamp: float, resolution: int, layer: int, precision: str = "auto"
 ) -> FeatureExtractor:
-    """One per (model, settings), so its feature cache survives reruns."""
+    """One per (model, settings), so its feature cache survives reruns (the warm-up's, with
+    the demo photos' features, for the bundled model at the default settings)."""
+    found = warmup.STATE.found("extractor", spec, stamp, resolution, layer, precision)
+    if isinstance(found, FeatureExtractor):
+        return found
     settings = Settings(resolution=resolution, layer=layer, precision=precision)
     return FeatureExtractor(encoder(spec, stamp), settings)
 
 
 @st.cache_resource(show_spinner="Loading the demo photos…")
 def demo_gallery() -> Gallery:
-    return Gallery.demo()
+    return warmup.STATE.found("gallery") or Gallery.demo()
 
 
 @st.cache_resource(max_entries=4, show_spinner="Reading the folder…")
@@ -83,6 +88,25 @@ def labels(
 def all_labels(ctx: Context, names: list[str], feats: list[ImageFeatures], cocluster: bool):
     """Labels for every k choice at once (a few ms of k-means each): picking ks is then free."""
     return labels(ctx.key(names, KS, cocluster), feats, KS, cocluster)
+
+
+def warm(state: warmup.State) -> None:
+    """Run by the warm-up thread: what the first page (Explore, demo photos, bundled model,
+    default settings) needs, under the keys the functions above look for."""
+    spec = "default"
+    stamp = _stamp(spec)
+    state.stage = "Loading the model…"
+    enc = load_encoder(spec)
+    state.made[("encoder", spec, stamp)] = enc
+    gallery = Gallery.demo()
+    state.made[("gallery",)] = gallery
+    res, layer, precision = SETTINGS["res"], SETTINGS["layer"], "auto"
+    ex = FeatureExtractor(enc, Settings(resolution=res, layer=layer, precision=precision))
+    state.made[("extractor", spec, stamp, res, layer, precision)] = ex
+    images = gallery.images[:DEMO_SHOWN]
+    state.total = len(images)
+    state.stage = f"Computing features ({ex.dtype_name}) of the demo photos"
+    ex(images, lambda done, total: setattr(state, "done", done))
 
 
 # ---- sidebar ------------------------------------------------------------------------------
@@ -161,6 +185,7 @@ class Context:
 
 
 SHOW_SIDE = 448
+DEMO_SHOWN = 6  # Explore shows the first 6 images at first
 
 
 def token_at(click: dict, grid: tuple[int, int]) -> tuple[int, int]:

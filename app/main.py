@@ -10,6 +10,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the app's own modules
 
 import auth  # noqa: E402  (light: the standard library and streamlit)
+import warmup  # noqa: E402  (light too; the engine starts in its thread)
 
 NAMES = ("Explore", "Concepts", "Retrieve", "Train")
 
@@ -17,9 +18,9 @@ st.set_page_config(page_title="mcssl concept explorer", page_icon="🧩", layout
 auth.gate()  # nothing below runs without the token (when one is needed)
 page = st.sidebar.radio("Page", NAMES, key="page", horizontal=True)
 st.title(f"mcssl · {page}")
-with st.spinner("Starting the engine (PyTorch, timm, FAISS)…"):  # seconds, once per server
-    import common
-    from views import concepts, explore, retrieve, train
+warmup.wait()  # a progress bar naming the step while the engine starts (once per server)
+import common  # noqa: E402  (imported by the warm-up by now)
+from views import concepts, explore, retrieve, train  # noqa: E402
 
 PAGES = {
     "Explore": explore.render,

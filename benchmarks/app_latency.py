@@ -2,11 +2,12 @@
 
     python benchmarks/app_latency.py [--checkpoint vits16|default] [--reps 5] [--app PATH]
 
-Starts the app (`streamlit run app/main.py` as `make app` does; ``--app`` another copy of it,
-e.g. an older version for a before/after) on the demo gallery and measures: the cold start
-(first visible feedback, first complete row, all 6 rows of Explore), a warm reload, adding a
-k (new k-means overlays for 6 images; median of --reps), and clicking a token on Retrieve
-(heat-map + top-12 across the gallery, index already built; median of --reps). Baseline,
+Starts the app (`streamlit run app/serve.py` as `make app` does; ``--app`` another copy of
+it or its main.py, e.g. an older version for a before/after) on the demo gallery and
+measures: the cold start (first visible feedback, first complete row, all 6 rows of
+Explore), a warm reload, adding a k (new k-means overlays for 6 images; median of --reps),
+and clicking a token on Retrieve (heat-map + top-12 across the gallery, index already
+built; median of --reps). Baseline,
 same machine and run: the same computations called in-process without Streamlit or the
 browser, in bf16 (where the CPU has it) and fp32. `vits16` is a randomly initialised
 ViT-S/16 with the paper's concept head (K = 8192): the cost does not depend on what the
@@ -166,7 +167,10 @@ def main() -> None:
         help="vits16 (random ViT-S/16), default (the bundled model) or a path",
     )  # fmt: skip
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--app", default=str(ROOT / "app" / "main.py"), help="the app's main.py")
+    ap.add_argument(
+        "--app", default=str(ROOT / "app" / "serve.py"),
+        help="what `streamlit run` starts: app/serve.py as `make app` does, or an app's main.py",
+    )  # fmt: skip
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     ckpt = (

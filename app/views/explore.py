@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 import streamlit as st
-from common import KS, Context, all_labels
+from common import DEMO_SHOWN, KS, Context, all_labels
 from PIL import Image
 
 from mcssl.explore.concepts import cluster_mean_probs, top_concepts, upsample_labels
@@ -103,7 +103,7 @@ def _rows(ctx: Context) -> None:
     """Changing the images, k or co-clustering reruns only this part of the page."""
     names = ctx.gallery.names
     top = st.columns([4, 2, 2])
-    chosen = top[0].multiselect("Images", names, names[: min(6, len(names))], key="explore_images")
+    chosen = top[0].multiselect("Images", names, names[:DEMO_SHOWN], key="explore_images")
     ks = tuple(top[1].multiselect("k (clusters per image)", KS, key="ks", on_change=_sort_ks))
     cocluster = top[2].toggle(
         "Co-cluster these images", key="cocluster",

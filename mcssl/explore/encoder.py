@@ -177,6 +177,7 @@ def vit_from_state_dict(sd: dict[str, torch.Tensor], what: str) -> VisionTransfo
         init_values=1e-5 if "blocks.0.ls1.gamma" in sd else None,
         num_classes=0,
         dynamic_img_size=True,
+        weight_init="skip",  # every weight is loaded next
     )
     _load_strict(model, sd, what)
     return model
@@ -198,7 +199,7 @@ def _from_export(path: Path) -> Encoder:
 def _from_ours(
     mcfg: ModelConfig, sd: dict, teacher_temp: float, path: Path, meta: dict[str, str]
 ) -> Encoder:
-    backbone = build_backbone(ModelConfig(**{**vars(mcfg), "drop_path": 0.0}))
+    backbone = build_backbone(ModelConfig(**{**vars(mcfg), "drop_path": 0.0}), init=False)
     _load_strict(backbone, _strip(sd, "backbone."), f"{path} backbone")
     head_sd = _strip(sd, "head.")
     cls_k = head_sd["cls_layer.weight_v"].shape[0] if "cls_layer.weight_v" in head_sd else 0

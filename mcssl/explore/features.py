@@ -105,6 +105,7 @@ class FeatureExtractor:
         self.dtype = compute_dtype(self.settings.precision, encoder.device)
         self.cache: OrderedDict[tuple, ImageFeatures] = OrderedDict()
         self.cache_size = cache
+        self.encoded = 0  # images run through the encoder so far (cache misses)
         self._digests: dict[int, tuple[weakref.ref, str]] = {}
 
     def _key(self, img: Image.Image) -> tuple:
@@ -181,6 +182,7 @@ class FeatureExtractor:
                     )
                     self._put(keys[i], found[keys[i]])
                 done += len(chunk)
+                self.encoded += len(chunk)
                 if progress is not None:
                     progress(done, total)
         return [found[k] for k in keys]

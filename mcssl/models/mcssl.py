@@ -12,8 +12,10 @@ from mcssl.config import ModelConfig
 from mcssl.models.heads import ConceptHead, ReconstructionHead
 
 
-def build_backbone(cfg: ModelConfig) -> nn.Module:
-    """A timm VisionTransformer without classifier; any image size that is a patch multiple."""
+def build_backbone(cfg: ModelConfig, init: bool = True) -> nn.Module:
+    """A timm VisionTransformer without classifier; any image size that is a patch multiple.
+    ``init=False`` skips the random initialisation (about a second on a CPU) for weights that
+    are loaded next."""
     overrides = {k: getattr(cfg, k) for k in ("embed_dim", "depth", "num_heads") if getattr(cfg, k)}
     return timm.create_model(
         cfg.arch,
@@ -23,6 +25,7 @@ def build_backbone(cfg: ModelConfig) -> nn.Module:
         patch_size=cfg.patch_size,
         dynamic_img_size=True,
         drop_path_rate=cfg.drop_path,
+        weight_init="" if init else "skip",
         **overrides,
     )
 

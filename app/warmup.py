@@ -1,0 +1,104 @@
+"""The engine, started before the first page needs it.
+
+``streamlit run app/serve.py`` (``make app``) calls :func:`start` when the server starts, so
+PyTorch, timm and scikit-learn are imported, the bundled model is loaded and the first demo
+photos are encoded while the browser connects; ``streamlit run app/main.py`` starts it on
+the first page run. The page then waits for it with a progress bar that names the step
+(:func:`wait`) and finds the model, photos and features in the caches it uses
+(``common.encoder`` / ``extractor`` / ``demo_gallery`` look in :data:`STATE` first).
+
+Light on purpose (the standard library and streamlit): importing it must not import torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import streamlit as st
+
+log = logging.getLogger("mcssl.app")
+
+
+@dataclass
+class State:
+    """What the warm-up thread is doing and what it made (read by the page's thread)."""
+
+    stage: str = "Starting the engine: importing PyTorch, timm, scikit-learn…"
+    done: int = 0  # images encoded so far
+    total: int = 0  # images to encode
+    made: dict[tuple, object] = field(default_factory=dict)  # cache key -> resource
+    finished: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def found(self, *key: object) -> object | None:
+        """The resource made for ``key``, once the warm-up is over (None: make it yourself)."""
+        return self.made.get(key) if self.finished.is_set() else None
+
+
+STATE = State()
+_lock = threading.Lock()
+
+
+def start() -> State:
+    """Starts the warm-up thread once per process (later calls return its state)."""
+    with _lock:
+        if STATE.thread is None:
+            STATE.thread = threading.Thread(
+                target=_run, args=(STATE,), name="mcssl-warmup", daemon=True
+            )
+            STATE.thread.start()
+    return STATE
+
+
+def _run(state: State) -> None:
+    start_s, switch = time.perf_counter(), sys.getswitchinterval()
+    # The imports hold the GIL for seconds: hand it to the server's thread more often, so the
+    # browser gets the page (and the progress bar) while they run.
+    sys.setswitchinterval(min(switch, 0.0005))
+    try:
+        with _passive_openmp():
+            import common  # the heavy imports: PyTorch, timm, scikit-learn, FAISS
+        common.warm(state)
+        log.info("engine warm in %.1f s", time.perf_counter() - start_s)
+    except Exception:  # noqa: BLE001 (the page loads what it needs and says what is wrong)
+        log.exception("warm-up failed; the page loads the model itself")
+    finally:
+        sys.setswitchinterval(switch)
+        state.finished.set()
+
+
+@contextlib.contextmanager
+def _passive_openmp() -> Iterator[None]:
+    """OpenMP threads that sleep instead of spinning while they wait (read once, when PyTorch
+    loads OpenMP; the user's OMP_WAIT_POLICY wins). On a busy 2-core machine spinning threads
+    made encoding the demo photos 3-7x slower (2.3-3.1 s against 7.7-14.9 s under a load of
+    6-9); jobs started later (the Train page) get the environment as it was."""
+    ours = "OMP_WAIT_POLICY" not in os.environ
+    if ours:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        yield
+    finally:
+        if ours:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+
+
+def wait() -> None:
+    """Shows the warm-up's step (and "features i/n") until it is over: seconds, once per
+    server. The page must not run the engine beside it (same caches, two cores)."""
+    state = start()
+    if state.finished.is_set():
+        return
+    bar = st.progress(0.0, text=state.stage)
+    while not state.finished.wait(0.1):
+        done, total = state.done, state.total
+        text = f"{state.stage}: {done}/{total} images" if total else state.stage
+        bar.progress(done / total if total else 0.0, text=text)
+    bar.empty()

@@ -1,0 +1,65 @@
+"""The engine's warm-up (app/warmup.py): started before the first page, it loads the bundled
+model and encodes the first demo photos into the very caches the page then uses, so the
+page encodes nothing itself (counted, not timed); a failing warm-up leaves the page working."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app" / "main.py")
+sys.path.insert(0, str(ROOT / "app"))  # the app's modules, as app/main.py imports them
+
+import common  # noqa: E402
+import warmup  # noqa: E402
+
+
+@pytest.fixture
+def state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> warmup.State:
+    """A warm-up not started yet, and no model, photos or extractor cached from other tests."""
+    monkeypatch.setenv("MCSSL_RUNS", str(tmp_path / "runs"))
+    fresh = warmup.State()
+    monkeypatch.setattr(warmup, "STATE", fresh)
+    for cached in (common.encoder, common.extractor, common.demo_gallery):
+        cached.clear()
+    return fresh
+
+
+def test_the_page_uses_what_the_warm_up_made(
+    state: warmup.State, smoke_export: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCSSL_DEFAULT_CHECKPOINT", str(smoke_export))
+    assert warmup.start() is state
+    assert state.finished.wait(300)
+    stamp = common._stamp("default")
+    ex = state.made[("extractor", "default", stamp, 224, -1, "auto")]
+    assert ex.encoded == common.DEMO_SHOWN == 6  # the first 6 demo photos, by the warm-up
+
+    at = AppTest.from_file(APP, default_timeout=180).run()  # Explore at the default settings
+    assert not at.exception and not at.error
+    caps = [c for im in at.get("image") for c in im.captions]
+    assert caps.count("k=4") == 6
+    assert common.extractor("default", stamp, 224, -1, "auto") is ex  # the page's extractor
+    assert ex.encoded == 6  # ... whose cache held every photo: the page encoded none
+    assert common.demo_gallery() is state.made[("gallery",)]
+
+
+def test_a_failed_warm_up_leaves_the_page_working(
+    state: warmup.State, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "gone.safetensors"
+    monkeypatch.setenv("MCSSL_DEFAULT_CHECKPOINT", str(missing))
+    warmup.start()
+    assert state.finished.wait(300)
+    assert not state.made  # it stopped at the model, and said so in the log
+
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        f"The model could not be loaded: the bundled default checkpoint {missing} is missing; "
+        "pass a checkpoint path (an export, a run folder or a .pt file)"
+    ]
