@@ -53,4 +53,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
 # and printed by mcssl.access at start) and reads paths under /runs, /data and /checkpoints only
 # (MCSSL_DATA_ROOTS); MCSSL_APP_TRAINING=0 switches its Train page off. docs/DOCKER.md.
 CMD ["python", "-m", "mcssl.access", \
-     "streamlit", "run", "app/main.py", "--server.address=0.0.0.0", "--server.port=8501"]
+     "streamlit", "run", "app/serve.py", "--server.address=0.0.0.0", "--server.port=8501"]

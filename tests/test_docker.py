@@ -37,7 +37,7 @@ def test_dockerfile_installs_them_runs_as_non_root_and_serves_the_app() -> None:
     assert re.search(r"pip install .*-r requirements-gpu\.txt", text)
     assert re.search(r"^USER 1000", text, re.M) and "useradd" in text
     assert "EXPOSE 8501" in text and "/_stcore/health" in text
-    assert '"--server.address=0.0.0.0"' in text and "app/main.py" in text
+    assert '"--server.address=0.0.0.0"' in text and "app/serve.py" in text
     # the token launcher in front of streamlit, and the documented runs publish on loopback
     assert re.search(r'CMD \["python", "-m", "mcssl.access",\s*\\?\s*"streamlit", "run"', text)
     docs = (ROOT / "docs" / "DOCKER.md").read_text()
