@@ -156,4 +156,8 @@ def store_defaults(path: str | Path, defaults: dict[str, int | str], note: str =
     meta.update({f"default_{k}": str(v) for k, v in defaults.items()})
     if note:
         meta["defaults_from"] = note
-    _write_safetensors(tensors, meta, path)
+    try:
+        _write_safetensors(tensors, meta, path)
+    except (SafetensorError, OSError) as e:
+        msg = f"{path}: cannot write the defaults ({e}); the file is unchanged"
+        raise CheckpointError(msg) from None
