@@ -174,6 +174,14 @@ def test_cli_uses_the_stored_defaults_and_flags_override_them(
     s = _concepts_json(smoke_export, tmp_path / "c")["settings"]  # nothing stored: built-ins
     assert (s["resolution"], s["layer"], s["facet"]) == (224, -1, "tokens")
 
+    idx = tmp_path / "idx"  # an index records what it was built with; query embeds the same way
+    assert (
+        main(["index", "--checkpoint", str(stored), "--out", str(idx), str(tmp_path / "photo.png")])
+        == 0
+    )
+    source = json.loads((idx / "source.json").read_text())
+    assert (source["resolution"], source["layer"], source["facet"]) == (48, 0, "keys")
+
     out = tmp_path / "eval.json"
     common = ["eval", "concepts", "--checkpoint", str(stored), "--data", "synthetic:4",
               "--no-baselines", "--out", str(out)]  # fmt: skip
