@@ -283,7 +283,7 @@ def _settings_sidebar(
         st.session_state["layer"] = -1
     layer = st.sidebar.number_input(
         "Layer (-1 = last)", lo, hi, key="layer",
-        help=f"block whose tokens are used: 0..{hi} from the input, -1..{lo} from the end",
+        help=f"block whose features are used: 0..{hi} from the input, -1..{lo} from the end",
     )  # fmt: skip
     facet = st.sidebar.radio(
         "Features", tuple(FACET_LABELS), key="facet", format_func=FACET_LABELS.get,
