@@ -24,7 +24,7 @@ from mcssl.explore.encoder import (
     arch_label,
     load_encoder,
 )
-from mcssl.explore.features import FeatureExtractor, ImageFeatures, Settings
+from mcssl.explore.features import FALLBACK, FeatureExtractor, ImageFeatures, Settings
 from mcssl.explore.gallery import Gallery
 from mcssl.explore.pipeline import label_features
 from mcssl.images import ImageError
@@ -49,14 +49,19 @@ def encoder(spec: str, stamp: float) -> Encoder:
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def extractor(
-    spec: str, stamp: float, resolution: int, layer: int, precision: str = "auto"
+    spec: str,
+    stamp: float,
+    resolution: int,
+    layer: int,
+    precision: str = "auto",
+    facet: str = "tokens",
 ) -> FeatureExtractor:
     """One per (model, settings), so its feature cache survives reruns (the warm-up's, with
-    the demo photos' features, for the bundled model at the default settings)."""
-    found = warmup.STATE.found("extractor", spec, stamp, resolution, layer, precision)
+    the demo photos' features, for the bundled model at its first-page settings)."""
+    found = warmup.STATE.found("extractor", spec, stamp, resolution, layer, precision, facet)
     if isinstance(found, FeatureExtractor):
         return found
-    settings = Settings(resolution=resolution, layer=layer, precision=precision)
+    settings = Settings(resolution=resolution, layer=layer, precision=precision, facet=facet)
     return FeatureExtractor(encoder(spec, stamp), settings)
 
 
@@ -100,9 +105,11 @@ def warm(state: warmup.State) -> None:
     state.made[("encoder", spec, stamp)] = enc
     gallery = Gallery.demo()
     state.made[("gallery",)] = gallery
-    res, layer, precision = SETTINGS["res"], SETTINGS["layer"], "auto"
-    ex = FeatureExtractor(enc, Settings(resolution=res, layer=layer, precision=precision))
-    state.made[("extractor", spec, stamp, res, layer, precision)] = ex
+    first = {**SETTINGS, **{STORED[k]: v for k, v in enc.defaults.items()}}  # as _use_stored
+    res, layer, facet, precision = first["res"], first["layer"], first["facet"], "auto"
+    settings = Settings(resolution=res, layer=layer, precision=precision, facet=facet)
+    ex = FeatureExtractor(enc, settings)
+    state.made[("extractor", spec, stamp, res, layer, precision, facet)] = ex
     images = gallery.images[:DEMO_SHOWN]
     state.total = len(images)
     state.stage = f"Computing features ({ex.dtype_name}) of the demo photos"
@@ -262,7 +269,12 @@ KS = K_CHOICES  # colours of a k do not depend on which other ks are shown (chai
 PAGE_SETTINGS = {"Explore": ("alpha", "smooth"), "Concepts": ("alpha", "smooth"), "Retrieve": ()}
 
 
-SETTINGS = {"res": 224, "layer": -1, "fp32": False, "alpha": 0.5, "smooth": False, "ks": [2, 3, 4]}
+SETTINGS = {
+    "res": FALLBACK["resolution"], "layer": FALLBACK["layer"], "facet": FALLBACK["facet"],
+    "fp32": False, "alpha": 0.5, "smooth": False, "ks": [2, 3, 4],
+}  # fmt: skip
+STORED = {"resolution": "res", "layer": "layer", "facet": "facet"}  # stored default -> widget
+FACET_LABELS = {"tokens": "block output tokens", "keys": "attention keys"}
 
 
 def keep(*keys: str, defaults: dict | None = None) -> None:
@@ -275,17 +287,35 @@ def keep(*keys: str, defaults: dict | None = None) -> None:
             st.session_state[key] = st.session_state.get(key, defaults.get(key))
 
 
-def _settings_sidebar(page: str, depth: int | None) -> tuple[int, int, str, float, bool]:
+def _use_stored(model: tuple[str, float], stored: dict[str, int | str]) -> None:
+    """On the first run and whenever another model (or a rewritten file) is loaded, the
+    model's stored defaults (`mcssl eval defaults --write`) set their widgets: a newcomer sees
+    the model's best settings; what the user changes afterwards stays."""
+    if st.session_state.get("defaults_of") != model:
+        st.session_state["defaults_of"] = model
+        for name, value in stored.items():
+            st.session_state[STORED[name]] = value
+
+
+def _settings_sidebar(
+    page: str, depth: int | None, stored: dict[str, int | str]
+) -> tuple[int, int, str, str, float, bool]:
     """Only the settings that change what ``page`` shows (the others keep their values)."""
     st.sidebar.header("Settings")
     keep(*SETTINGS, defaults=SETTINGS)
-    res = st.sidebar.select_slider("Resolution (shorter side)", RESOLUTIONS, key="res")
+    choices = sorted({*RESOLUTIONS, int(st.session_state["res"]), *stored_res(stored)})
+    res = st.sidebar.select_slider("Resolution (shorter side)", choices, key="res")
     lo, hi = (-depth, depth - 1) if depth else (-1, -1)
     if not lo <= st.session_state.get("layer", -1) <= hi:  # another model: a layer it has
         st.session_state["layer"] = -1
     layer = st.sidebar.number_input(
         "Layer (-1 = last)", lo, hi, key="layer",
-        help=f"block whose tokens are used: 0..{hi} from the input, -1..{lo} from the end",
+        help=f"block whose features are used: 0..{hi} from the input, -1..{lo} from the end",
+    )  # fmt: skip
+    facet = st.sidebar.radio(
+        "Features", tuple(FACET_LABELS), key="facet", format_func=FACET_LABELS.get,
+        horizontal=True, help="the block's output tokens, or the keys of its self-attention "
+        "(all heads), which dino-vit-features found best for co-segmentation",
     )  # fmt: skip
     fp32 = st.sidebar.checkbox(
         "Full precision (fp32)", key="fp32",
@@ -296,7 +326,12 @@ def _settings_sidebar(page: str, depth: int | None) -> tuple[int, int, str, floa
     if "alpha" in PAGE_SETTINGS.get(page, ()):
         alpha = st.sidebar.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="alpha")
         smooth = st.sidebar.checkbox("Smooth masks", key="smooth")
-    return int(res), int(layer), "fp32" if fp32 else "auto", float(alpha), bool(smooth)
+    precision = "fp32" if fp32 else "auto"
+    return int(res), int(layer), str(facet), precision, float(alpha), bool(smooth)
+
+
+def stored_res(stored: dict[str, int | str]) -> list[int]:
+    return [int(stored["resolution"])] if "resolution" in stored else []
 
 
 def with_context(page: str, render) -> None:
@@ -320,7 +355,11 @@ def context(page: str = "Explore") -> Context | None:
             enc = encoder(*model)
         except EncoderError as e:
             model_error = str(e)
-    res, layer, precision, alpha, smooth = _settings_sidebar(page, enc.depth if enc else None)
+    if enc is not None and model is not None:
+        _use_stored(model, enc.defaults)
+    res, layer, facet, precision, alpha, smooth = _settings_sidebar(
+        page, enc.depth if enc else None, enc.defaults if enc else {}
+    )
     if enc is None:
         if model_error is not None:
             st.error(f"The model could not be loaded: {model_error}")
@@ -337,7 +376,7 @@ def context(page: str = "Explore") -> Context | None:
     if not len(gallery):
         st.error("None of the images could be read.")
         return None
-    ex = extractor(spec, stamp, res, layer, precision)
+    ex = extractor(spec, stamp, res, layer, precision, facet)
     return Context(spec, ex, gallery, alpha, smooth)
 
 
@@ -354,6 +393,7 @@ def model_facts(enc: Encoder) -> None:
         "steps": info.get("steps") or "-",
         "recipe": info.get("recipe") or "-",
         "format": info.get("format", "?"),
+        "stored defaults": ", ".join(f"{k} {v}" for k, v in enc.defaults.items()) or "none",
     }
     with st.sidebar.expander("Model facts", expanded=False):
         st.table({"": list(facts), "value": [str(v) for v in facts.values()]})

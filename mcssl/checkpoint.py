@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mcssl.config import Config, ModelConfig, config_from_dict
 
 EXPORT_FORMAT = "mcssl-teacher/1"
+DEFAULT_KEYS = ("resolution", "layer", "facet")  # stored as metadata default_<name>
 
 
 class CheckpointError(ValueError):
@@ -130,3 +132,32 @@ def export_timm(run: str | Path, out: str | Path, dtype: str = "fp32") -> dict[s
         atomic_save(tensors, out)
     out.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
     return info
+
+
+def store_defaults(path: str | Path, defaults: dict[str, int | str], note: str = "") -> None:
+    """Writes ``defaults`` (resolution / layer / facet) into an export's metadata as
+    ``default_<name>`` (and ``note`` as ``defaults_from``). The tensors are copied unchanged
+    into a temp file beside it, which then replaces the file (a reader never sees half of it)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable .safetensors export ({e})") from None
+    if meta.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(
+            f"{path}: defaults are stored in an mcssl export (.safetensors); export the run "
+            "first: mcssl export RUN --out FILE.safetensors"
+        )
+    unknown = sorted(set(defaults) - set(DEFAULT_KEYS))
+    if unknown:
+        raise CheckpointError(f"unknown default(s) {', '.join(unknown)}; expected {DEFAULT_KEYS}")
+    meta.update({f"default_{k}": str(v) for k, v in defaults.items()})
+    if note:
+        meta["defaults_from"] = note
+    try:
+        _write_safetensors(tensors, meta, path)
+    except (SafetensorError, OSError) as e:
+        msg = f"{path}: cannot write the defaults ({e}); the file is unchanged"
+        raise CheckpointError(msg) from None

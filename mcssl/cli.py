@@ -44,14 +44,25 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _extractor(args: argparse.Namespace, checkpoint: str):
+    """The encoder with the settings given, else the checkpoint's stored defaults, else
+    resolution 224, the last layer and its output tokens."""
     from mcssl.explore.encoder import load_encoder
-    from mcssl.explore.features import FeatureExtractor, Settings
+    from mcssl.explore.features import FeatureExtractor, Settings, chosen
 
     enc = load_encoder(checkpoint, args.device)
+    picked = chosen(enc.defaults, resolution=args.resolution, layer=args.layer, facet=args.facet)
+    _say_stored(enc.defaults, args)
     precision = "fp32" if args.fp32 else "auto"
-    return FeatureExtractor(
-        enc, Settings(resolution=args.resolution, layer=args.layer, precision=precision)
-    )
+    return FeatureExtractor(enc, Settings(**picked, precision=precision))  # type: ignore[arg-type]
+
+
+def _say_stored(stored: dict, args: argparse.Namespace) -> list[str]:
+    """Prints (to stderr) which of the checkpoint's stored defaults are used; -> their names."""
+    used = [k for k in stored if getattr(args, k, None) is None]
+    if used:
+        shown = ", ".join(f"{k} {stored[k]}" for k in used)
+        print(f"mcssl: the checkpoint's stored defaults: {shown}", file=sys.stderr)
+    return used
 
 
 def _concepts(args: argparse.Namespace) -> int:
@@ -64,10 +75,13 @@ def _concepts(args: argparse.Namespace) -> int:
     results = analyse(ex, paths, tuple(args.k), args.seed, args.cocluster)
     out = Path(args.out)
     records = write_concepts(results, out, args.alpha, args.smooth)
+    s = ex.settings
     settings = {
         "k": args.k,
-        "resolution": args.resolution,
-        "layer": args.layer,
+        "resolution": s.resolution,
+        "layer": s.layer,
+        "facet": s.facet,
+        "from_checkpoint": [k for k in ex.encoder.defaults if getattr(args, k) is None],
         "seed": args.seed,
         "smooth": args.smooth,
         "alpha": args.alpha,
@@ -95,8 +109,9 @@ def _index(args: argparse.Namespace) -> int:
     source = {
         "checkpoint": args.checkpoint,
         "checkpoint_digest": ex.encoder.digest,
-        "resolution": args.resolution,
-        "layer": args.layer,
+        "resolution": ex.settings.resolution,
+        "layer": ex.settings.layer,
+        "facet": ex.settings.facet,
         "precision": "fp32" if args.fp32 else "auto",
     }
     (out / "source.json").write_text(json.dumps(source, indent=1))
@@ -119,6 +134,7 @@ def _query(args: argparse.Namespace) -> int:
     ex = None  # an indexed image's tokens come from the index; otherwise embed it the same way
     if args.cluster or not any(Path(r["path"]) == image for r in index.images):
         args.resolution, args.layer = source["resolution"], source["layer"]
+        args.facet = source.get("facet", "tokens")  # indexes from before facets: tokens
         args.fp32 = args.fp32 or source.get("precision") == "fp32"  # embed as the index did
         ex = _extractor(args, args.checkpoint or source["checkpoint"])
     filters = {
@@ -148,19 +164,60 @@ def _eval_concepts(args: argparse.Namespace) -> int:
 
     from mcssl.evaluation.concepts import evaluate, format_table
     from mcssl.explore.encoder import load_encoder
+    from mcssl.explore.features import chosen
 
     enc = load_encoder(args.checkpoint, args.device)
-    if args.resolution is None and "img_size" not in enc.info:
+    fallback = {"resolution": None, "layer": -1, "facet": "tokens"}  # None: training size
+    picked = chosen(enc.defaults, fallback, resolution=args.resolution, layer=args.layer,
+                    facet=args.facet)  # fmt: skip
+    _say_stored(enc.defaults, args)
+    if picked["resolution"] is None and "img_size" not in enc.info:
         print("mcssl: the checkpoint does not say its training size; using the images' size")
     result = evaluate(
-        enc, args.data, args.seeds, args.resolution, args.layer, not args.no_baselines, args.modes
-    )
+        enc, args.data, args.seeds, picked["resolution"], picked["layer"],  # type: ignore[arg-type]
+        not args.no_baselines, args.modes, picked["facet"],  # type: ignore[arg-type]
+    )  # fmt: skip
     result["checkpoint"] = args.checkpoint
+    result["settings"] = picked
     print(format_table(result))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
         print(f"mcssl: results -> {args.out}")
+    return 0
+
+
+def _eval_defaults(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from mcssl.checkpoint import CheckpointError, store_defaults
+    from mcssl.evaluation.defaults import format_grid, search
+    from mcssl.explore.encoder import load_encoder, resolve_checkpoint
+
+    path = resolve_checkpoint(args.checkpoint)
+    if args.write and path.suffix != ".safetensors":  # say so before the grid, not after
+        raise CheckpointError(
+            f"{path}: --write stores the defaults in an mcssl export (.safetensors); export the "
+            "run first: mcssl export RUN --out FILE.safetensors"
+        )
+    enc = load_encoder(args.checkpoint, args.device)
+    t0 = time.perf_counter()
+    result = search(enc, args.data, args.seeds, args.modes, args.resolutions, args.layers,
+                    args.facets, log=lambda m: print(f"mcssl: {m}", file=sys.stderr))  # fmt: skip
+    result |= {"checkpoint": args.checkpoint, "wall_s": round(time.perf_counter() - t0, 1)}
+    print(format_grid(result))
+    best = {k: result["best"][k] for k in ("resolution", "layer", "facet")}
+    print(f"mcssl: best {best} (score {result['best']['score']:.3f}) in {result['wall_s']} s")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    if args.write:
+        seeds = " ".join(map(str, args.seeds))
+        top = result["best"]["score"]
+        note = f"mcssl eval defaults, {args.data} seeds {seeds}, score {top:.3f}"
+        store_defaults(path, best, note)
+        print(f"mcssl: stored the defaults in {path}")
     return 0
 
 
@@ -256,15 +313,27 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def _add_model_options(
-    p: argparse.ArgumentParser, checkpoint_default: str | None, precision: bool = True
+    p: argparse.ArgumentParser,
+    checkpoint_default: str | None,
+    precision: bool = True,
+    settings: bool = True,
 ) -> None:
     p.add_argument(
         "--checkpoint",
         default=checkpoint_default,
         help="default | export .safetensors | run folder | .pt/.pth (MC-SSL, DINO, iBOT, timm)",
     )
-    p.add_argument("--resolution", type=int, default=224, help="shorter image side (pixels)")
-    p.add_argument("--layer", type=int, default=-1, help="block whose tokens are used")
+    stored = "default: the checkpoint's stored default (`mcssl eval defaults --write`), else"
+    p.add_argument("--resolution", type=int, help=f"shorter image side (pixels); {stored} 224")
+    if settings:
+        p.add_argument(
+            "--layer", type=int, help=f"block whose features are used (-1 = last); {stored} -1"
+        )
+        p.add_argument(
+            "--facet",
+            choices=("tokens", "keys"),
+            help=f"the block's output tokens or its attention keys (all heads); {stored} tokens",
+        )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     if precision:
         p.add_argument(
@@ -358,7 +427,6 @@ def build_parser() -> argparse.ArgumentParser:
         "concepts", help="concept discovery vs ground-truth masks (ARI, mIoU, NMI) + baselines"
     )
     _add_model_options(ec, "default", precision=False)
-    ec.set_defaults(resolution=None)  # None = the checkpoint's training size
     ec.add_argument(
         "--data",
         default="synthetic:200",
@@ -378,8 +446,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ec.add_argument("--out", help="write the results as JSON here")
     ec.set_defaults(fn=_eval_concepts)
+    ed = evs.add_parser(
+        "defaults",
+        help="score resolution x layer x facet on the concept benchmark; --write stores the best",
+        description="Scores a grid of settings with `mcssl eval concepts`' metrics; score = "
+        "mean over modes of (per-image ARI + co-clustering NMI) / 2. The app, `mcssl concepts`"
+        " and `mcssl eval concepts` use the stored best when no setting is given.",
+    )
+    ed.add_argument("--checkpoint", default="default", help="as for `mcssl concepts`")
+    ed.add_argument("--data", default="synthetic:200", help="as for `mcssl eval concepts`")
+    ed.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="scene seeds")
+    ed.add_argument("--modes", nargs="+", default=["fixed", "varied"], choices=["fixed", "varied"])
+    ed.add_argument(
+        "--resolutions", type=int, nargs="+", help="default: the training size and twice it"
+    )
+    ed.add_argument(
+        "--layers", type=int, nargs="+", help="default: the last 4 blocks (-1 -2 -3 -4)"
+    )
+    ed.add_argument("--facets", nargs="+", default=["tokens", "keys"], choices=["tokens", "keys"])
+    ed.add_argument("--device", default="cpu", help="cpu or cuda")
+    ed.add_argument("--out", help="write the grid as JSON here")
+    ed.add_argument(
+        "--write",
+        action="store_true",
+        help="store the best in the checkpoint's metadata (an export; tensors unchanged)",
+    )
+    ed.set_defaults(fn=_eval_defaults)
     ek = evs.add_parser("knn", help="weighted kNN on mean data-token features (ImageFolders)")
-    _add_model_options(ek, "default", precision=False)
+    _add_model_options(ek, "default", precision=False, settings=False)
     ek.set_defaults(resolution=None)  # None = the checkpoint's training size
     ek.add_argument("--train", required=True, help="ImageFolder: one sub-folder per class")
     ek.add_argument("--val", required=True, help="ImageFolder with the same classes")

@@ -4,11 +4,14 @@ page encodes nothing itself (counted, not timed); a failing warm-up leaves the p
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+
+from mcssl.checkpoint import store_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app" / "main.py")
@@ -29,21 +32,36 @@ def state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> warmup.State:
     return fresh
 
 
+@pytest.mark.parametrize(
+    "stored", [{}, {"resolution": 48, "layer": 0, "facet": "keys"}], ids=["plain", "stored"]
+)
 def test_the_page_uses_what_the_warm_up_made(
-    state: warmup.State, smoke_export: Path, monkeypatch: pytest.MonkeyPatch
+    state: warmup.State,
+    smoke_export: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stored: dict,
 ) -> None:
-    monkeypatch.setenv("MCSSL_DEFAULT_CHECKPOINT", str(smoke_export))
+    """Also for a model with stored defaults: the warm-up encodes at the settings the first
+    page will use (the stored ones), else its work is wasted."""
+    ckpt = tmp_path / "model.safetensors"
+    shutil.copy(smoke_export, ckpt)
+    if stored:
+        store_defaults(ckpt, stored)
+    monkeypatch.setenv("MCSSL_DEFAULT_CHECKPOINT", str(ckpt))
     assert warmup.start() is state
     assert state.finished.wait(300)
     stamp = common._stamp("default")
-    ex = state.made[("extractor", "default", stamp, 224, -1, "auto")]
+    first = {"resolution": 224, "layer": -1, "facet": "tokens", **stored}
+    key = (first["resolution"], first["layer"], "auto", first["facet"])
+    ex = state.made[("extractor", "default", stamp, *key)]
     assert ex.encoded == common.DEMO_SHOWN == 6  # the first 6 demo photos, by the warm-up
 
     at = AppTest.from_file(APP, default_timeout=180).run()  # Explore at the default settings
     assert not at.exception and not at.error
     caps = [c for im in at.get("image") for c in im.captions]
     assert caps.count("k=4") == 6
-    assert common.extractor("default", stamp, 224, -1, "auto") is ex  # the page's extractor
+    assert common.extractor("default", stamp, *key) is ex  # the page's extractor
     assert ex.encoded == 6  # ... whose cache held every photo: the page encoded none
     assert common.demo_gallery() is state.made[("gallery",)]
 

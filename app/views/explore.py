@@ -83,7 +83,8 @@ def archive(ctx: Context, names: list[str], ks: tuple[int, ...], cocluster: bool
             records.append(rec)
         meta = {"checkpoint": ctx.spec, "checkpoint_digest": ctx.encoder.digest,
                 "settings": {"k": list(ks), "resolution": ctx.extractor.settings.resolution,
-                             "layer": ctx.extractor.settings.layer, "cocluster": cocluster},
+                             "layer": ctx.extractor.settings.layer,
+                             "facet": ctx.extractor.settings.facet, "cocluster": cocluster},
                 "images": records}  # fmt: skip
         z.writestr("concepts.json", json.dumps(meta, indent=1))
     return buf.getvalue()

@@ -103,9 +103,11 @@ def load_benchmark(spec: str, seed: int = 0, mode: str = "fixed") -> list[Labell
 # ------------------------------------------------------------------------------ featurisers
 
 
-def encoder_features(enc: Encoder, resolution: int, layer: int = -1) -> Featuriser:
+def encoder_features(
+    enc: Encoder, resolution: int, layer: int = -1, facet: str = "tokens"
+) -> Featuriser:
     ex = FeatureExtractor(
-        enc, Settings(resolution=resolution, max_side=4 * resolution, layer=layer)
+        enc, Settings(resolution=resolution, max_side=4 * resolution, layer=layer, facet=facet)
     )
     return lambda images: [(f.tokens, f.grid, f.argmax) for f in ex(images)]
 
@@ -237,12 +239,13 @@ def score(feats: list[Feats], data: list[Labelled], patch: int, seed: int = 0) -
 
 
 def featurisers(
-    enc: Encoder, resolution: int, layer: int, baselines: bool, seed: int
+    enc: Encoder, resolution: int, layer: int, baselines: bool, seed: int, facet: str = "tokens"
 ) -> dict[str, Featuriser]:
-    """The checkpoint and (optionally) the three baselines at the same resolution and patch."""
-    out = {"checkpoint": encoder_features(enc, resolution, layer)}
+    """The checkpoint and (optionally) the three baselines at the same resolution and patch
+    (the random ViT with the same layer and facet)."""
+    out = {"checkpoint": encoder_features(enc, resolution, layer, facet)}
     if baselines:
-        out["random_vit"] = encoder_features(random_like(enc, seed), resolution, layer)
+        out["random_vit"] = encoder_features(random_like(enc, seed), resolution, layer, facet)
         out["pixels"] = pixel_features(enc.patch_size, resolution)
         out["colour_stats"] = colour_features(enc.patch_size, resolution)
     return out
@@ -273,6 +276,7 @@ def evaluate(
     layer: int = -1,
     baselines: bool = True,
     modes: list[str] | tuple[str, ...] = ("fixed",),
+    facet: str = "tokens",
 ) -> dict:
     """Scores the checkpoint (and the baselines) on ``data_spec`` for each seed and scene mode
     (synthetic data only; a folder is scored once); the seed picks the synthetic scenes,
@@ -289,7 +293,7 @@ def evaluate(
         for s in seeds:
             data = load_benchmark(data_spec, s, "fixed" if mode == "folder" else mode)
             res = resolution or int(enc.info.get("img_size") or min(data[0].image.size))
-            for name, featurise in featurisers(enc, res, layer, baselines, s).items():
+            for name, featurise in featurisers(enc, res, layer, baselines, s, facet).items():
                 feats = featurise([d.image for d in data])
                 per_seed.setdefault(name, []).append(
                     {"seed": s, **score(feats, data, enc.patch_size, s)}

@@ -12,6 +12,7 @@ import argparse
 import copy
 import hashlib
 import json
+import logging
 import os
 import re
 import warnings
@@ -24,12 +25,14 @@ from safetensors import SafetensorError, safe_open
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from mcssl.checkpoint import EXPORT_FORMAT
+from mcssl.checkpoint import DEFAULT_KEYS, EXPORT_FORMAT
 from mcssl.config import ModelConfig, config_from_dict
 from mcssl.models import ConceptHead, build_backbone
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "default.safetensors"
 SAFE_GLOBALS = [argparse.Namespace]  # reference / DINO checkpoints pickle their args
+FACETS = ("tokens", "keys")  # feature facets (mcssl.explore.features.block_features)
+log = logging.getLogger("mcssl")
 
 
 ACCEPTED = (
@@ -52,6 +55,8 @@ class Encoder:
     teacher_temp: float
     info: dict[str, str] = field(default_factory=dict)  # architecture facts for display
     digest: str = ""  # identifies the weights (cache key)
+    # the checkpoint's stored best settings (resolution, layer, facet; `mcssl eval defaults`)
+    defaults: dict[str, int | str] = field(default_factory=dict)
     _casts: dict[torch.dtype, Encoder] = field(default_factory=dict, repr=False)
 
     @property
@@ -79,8 +84,9 @@ class Encoder:
             backbone = copy.deepcopy(self.backbone).to(dtype)
             head = None if self.head is None else copy.deepcopy(self.head).to(dtype)
             self._casts[dtype] = Encoder(
-                backbone, head, self.center, self.teacher_temp, self.info, self.digest
-            )
+                backbone, head, self.center, self.teacher_temp, self.info, self.digest,
+                self.defaults,
+            )  # fmt: skip
         return self._casts[dtype]
 
     def to(self, device: str | torch.device) -> Encoder:
@@ -196,6 +202,38 @@ def _from_export(path: Path) -> Encoder:
     return _from_ours(mcfg, sd, float(meta["teacher_temp"]), path, meta)
 
 
+def stored_defaults(meta: dict[str, str], depth: int, where: str) -> dict[str, int | str]:
+    """The ``default_*`` metadata of an export -> {resolution, layer, facet} that are valid for
+    this model; an invalid value (hand-edited, another model's) is left out with a warning, so
+    the checkpoint still loads with the built-in defaults."""
+    out: dict[str, int | str] = {}
+    for name in DEFAULT_KEYS:
+        raw = meta.get(f"default_{name}")
+        if raw is None:
+            continue
+        value: int | str | None = raw if name == "facet" else _int(raw)
+        ok = {
+            "resolution": lambda v: isinstance(v, int) and 16 <= v <= 4096,
+            "layer": lambda v: isinstance(v, int) and -depth <= v < depth,
+            "facet": lambda v: v in FACETS,
+        }[name](value)
+        if ok:
+            out[name] = value
+        else:
+            want = {"resolution": "16..4096", "layer": f"-{depth}..{depth - 1}"}.get(
+                name, " or ".join(FACETS)
+            )
+            log.warning("%s: ignoring stored default_%s=%r (expected %s)", where, name, raw, want)
+    return out
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 def _from_ours(
     mcfg: ModelConfig, sd: dict, teacher_temp: float, path: Path, meta: dict[str, str]
 ) -> Encoder:
@@ -222,7 +260,9 @@ def _from_ours(
         "steps": meta.get("steps", ""),
         "data": meta.get("data", ""),
     }
-    return Encoder(backbone, head, sd["center"].float().view(-1), teacher_temp, info)
+    defaults = stored_defaults(meta, len(backbone.blocks), str(path))
+    center = sd["center"].float().view(-1)
+    return Encoder(backbone, head, center, teacher_temp, info, defaults=defaults)
 
 
 def arch_label(arch: str, patch: int) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mcssl.explore.encoder import Encoder
+from mcssl.explore.encoder import FACETS, Encoder
 from mcssl.images import MEAN, STD
 
 
@@ -27,13 +27,14 @@ class Settings:
     resolution: int = 224  # shorter side, pixels (rounded to a multiple of the patch size)
     max_side: int = 896  # cap on the longer side
     layer: int = -1  # block whose tokens are used (-1 = last, as in the paper)
+    facet: str = "tokens"  # tokens: the block's output (final LayerNorm); keys: its attention keys
     batch_size: int = 16
     precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the CPU/GPU computes it natively)
 
 
 @dataclass
 class ImageFeatures:
-    tokens: np.ndarray  # (N, D) float32, block ``layer``, normalised by the final LayerNorm
+    tokens: np.ndarray  # (N, D) float32: block ``layer``'s ``facet`` (see Settings)
     grid: tuple[int, int]  # (h, w) tokens, N = h * w
     input_size: tuple[int, int]  # (H, W) pixels the model saw
     probs: np.ndarray | None  # (N, K) pseudo-concept probabilities (last block), or None
@@ -60,6 +61,68 @@ def to_tensor(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
 
 
 PRECISIONS = ("fp32", "bf16", "auto")
+FALLBACK = {"resolution": 224, "layer": -1, "facet": "tokens"}  # without stored defaults
+
+
+def check_facet(facet: str) -> str:
+    if facet not in FACETS:
+        raise ValueError(f"facet must be one of {', '.join(FACETS)}, got {facet!r}")
+    return facet
+
+
+def chosen(
+    stored: dict[str, int | str], fallback: dict[str, int | str] | None = None, **given: object
+) -> dict[str, int | str]:
+    """resolution / layer / facet: what was ``given`` (not None), else the checkpoint's
+    ``stored`` defaults (``Encoder.defaults``), else ``fallback`` (default: FALLBACK)."""
+    fallback = FALLBACK if fallback is None else fallback
+    return {
+        k: given[k] if given.get(k) is not None else stored.get(k, fallback[k])
+        for k in ("resolution", "layer", "facet")
+    }
+
+
+@torch.inference_mode()
+def block_features(
+    enc: Encoder, x: torch.Tensor, views: list[tuple[int, str]]
+) -> tuple[dict[tuple[int, str], torch.Tensor], torch.Tensor | None]:
+    """One forward pass -> each view's data-token features and the pseudo-concept
+    probabilities (last block; None without a head).
+
+    x: (B, 3, H, W) in ``enc``'s dtype; views: (layer in 0..depth-1, facet) pairs.
+    -> {view: (B, N, C)}, (B, N, K) or None. ``tokens`` = the block's output normalised by
+    the final LayerNorm (C = D); ``keys`` = the keys of the block's self-attention, all heads
+    concatenated (C = heads x head dim), read from the attn.qkv projection by a forward hook
+    (after the attention's k_norm, as the attention uses them)."""
+    last, pre = enc.depth - 1, enc.backbone.num_prefix_tokens
+    keys: dict[int, torch.Tensor] = {}
+
+    def grab(layer: int):
+        attn = enc.backbone.blocks[layer].attn
+
+        def hook(_m: torch.nn.Module, _inp: tuple, qkv: torch.Tensor) -> None:
+            b, n, _ = qkv.shape  # timm: qkv.reshape(B, N, 3, heads, head_dim), k = [:, :, 1]
+            k = qkv.reshape(b, n, 3, attn.num_heads, -1)[:, :, 1].transpose(1, 2)
+            keys[layer] = attn.k_norm(k).transpose(1, 2).reshape(b, n, -1)[:, pre:]
+
+        return attn.qkv.register_forward_hook(hook)
+
+    handles = [grab(layer) for layer, facet in views if facet == "keys"]
+    try:
+        indices = sorted({layer for layer, facet in views if facet == "tokens"} | {last})
+        if indices == [last]:  # forward_features is ~10% faster than forward_intermediates
+            outs = [enc.backbone.forward_features(x)[:, pre:]]
+        else:
+            outs = enc.backbone.forward_intermediates(
+                x, indices=indices, norm=True, output_fmt="NLC", intermediates_only=True,
+                stop_early=True,
+            )  # fmt: skip
+    finally:
+        for h in handles:
+            h.remove()
+    by_idx = dict(zip(indices, outs, strict=True))
+    probs = enc.concept_probs(by_idx[last]) if enc.has_concepts else None
+    return {(la, f): by_idx[la] if f == "tokens" else keys[la] for la, f in views}, probs
 
 
 @lru_cache(maxsize=4)
@@ -103,6 +166,7 @@ class FeatureExtractor:
         self.encoder = encoder
         self.settings = settings or Settings()
         self.dtype = compute_dtype(self.settings.precision, encoder.device)
+        check_facet(self.settings.facet)
         self.cache: OrderedDict[tuple, ImageFeatures] = OrderedDict()
         self.cache_size = cache
         self.encoded = 0  # images run through the encoder so far (cache misses)
@@ -122,27 +186,13 @@ class FeatureExtractor:
                 self._digests = {k: v for k, v in self._digests.items() if v[0]() is not None}
         return digest
 
-    @torch.inference_mode()
     def _run(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, 3, H, W) -> tokens (B, N, D) of the chosen block, probs (B, N, K) or None."""
+        """(B, 3, H, W) -> features (B, N, C) of the chosen block and facet, probs (B, N, K)
+        or None."""
         enc = self.encoder.cast(self.dtype)  # a bf16 copy (made once) or the encoder itself
-        layer, last = self.settings.layer % enc.depth, enc.depth - 1
-        x = batch.to(enc.device, self.dtype)
-        if layer == last:  # forward_features is ~10% faster than forward_intermediates
-            tokens = enc.backbone.forward_features(x)[:, enc.backbone.num_prefix_tokens :]
-            return tokens, enc.concept_probs(tokens) if enc.has_concepts else None
-        indices = [layer, last]
-        outs = enc.backbone.forward_intermediates(
-            x,
-            indices=indices,
-            norm=True,
-            output_fmt="NLC",
-            intermediates_only=True,
-            stop_early=True,
-        )
-        by_idx = dict(zip(indices, outs, strict=True))
-        probs = enc.concept_probs(by_idx[last]) if enc.has_concepts else None
-        return by_idx[layer], probs
+        view = (self.settings.layer % enc.depth, self.settings.facet)
+        feats, probs = block_features(enc, batch.to(enc.device, self.dtype), [view])
+        return feats[view], probs
 
     @property
     def dtype_name(self) -> str:

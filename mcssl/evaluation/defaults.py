@@ -1,0 +1,128 @@
+"""The settings a checkpoint's concepts are best at: a small grid of resolution x layer x facet
+scored on the concept benchmark (``mcssl eval defaults``), the winner stored in the export.
+
+Score of a setting = the mean over scene modes of (per-image ARI + co-clustering NMI) / 2, both
+as ``mcssl eval concepts`` measures them (mean over seeds): one number that rewards separating
+the concepts of each image and a vocabulary that holds across images. Each image is encoded
+once per resolution; every layer and facet of the grid comes out of that one forward pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mcssl.evaluation.concepts import Feats, load_benchmark, score
+from mcssl.explore.encoder import FACETS, Encoder
+from mcssl.explore.features import block_features, model_size, to_tensor
+
+SCORE = "mean over modes of (per-image ARI + co-clustering NMI) / 2"
+
+
+def grid_layers(depth: int, last: int = 4) -> list[int]:
+    """The last ``last`` blocks, counted from the end (-1 = last): all of a shallow model."""
+    return list(range(-1, -min(depth, last) - 1, -1))
+
+
+def grid_resolutions(enc: Encoder) -> list[int]:
+    """The model's training size and twice that (224 and 448 when it does not say)."""
+    size = int(enc.info.get("img_size") or 224)
+    return [size, 2 * size]
+
+
+def grid_features(
+    enc: Encoder,
+    images: list[Image.Image],
+    resolution: int,
+    views: list[tuple[int, str]],
+    batch_size: int = 16,
+) -> dict[tuple[int, str], list[Feats]]:
+    """Every view's (layer counted from the end, facet) features of every image, fp32, from one
+    forward pass per batch. -> {view: [(tokens (N, C), grid, argmax (N,) or None)] per image}."""
+    p, depth = enc.patch_size, enc.depth
+    wanted = [(layer % depth, facet) for layer, facet in views]
+    out: dict[tuple[int, str], list[Feats | None]] = {v: [None] * len(images) for v in views}
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        by_size.setdefault(model_size(*im.size, p, resolution, 4 * resolution), []).append(i)
+    for size, idx in by_size.items():
+        grid = (size[1] // p, size[0] // p)
+        for j in range(0, len(idx), batch_size):
+            chunk = idx[j : j + batch_size]
+            x = torch.stack([to_tensor(images[i], size) for i in chunk]).to(enc.device)
+            feats, probs = block_features(enc, x, wanted)
+            argmax = None if probs is None else probs.argmax(-1).cpu().numpy()
+            for view, w in zip(views, wanted, strict=True):
+                t = feats[w].float().cpu().numpy()
+                for b, i in enumerate(chunk):
+                    out[view][i] = (t[b], grid, None if argmax is None else argmax[b])
+    return out  # type: ignore[return-value]  # every slot was filled
+
+
+def search(
+    enc: Encoder,
+    data_spec: str,
+    seeds: list[int],
+    modes: list[str] | tuple[str, ...] = ("fixed", "varied"),
+    resolutions: list[int] | None = None,
+    layers: list[int] | None = None,
+    facets: list[str] | tuple[str, ...] = FACETS,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Scores every (resolution, layer, facet) of the grid on ``data_spec`` for each seed and
+    mode (a folder: once). -> {"rows": [{resolution, layer, facet, score, by_mode: {mode:
+    {ari, nmi, miou, image_share: mean over seeds}}}] best first, "best": rows[0], ...}."""
+    resolutions = resolutions or grid_resolutions(enc)
+    layers = layers or grid_layers(enc.depth)
+    bad = [la for la in layers if not -enc.depth <= la < enc.depth]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: this model has -{enc.depth}..{enc.depth - 1}")
+    views = [(la, f) for la in layers for f in facets]
+    if not data_spec.startswith("synthetic:"):
+        modes = ("folder",)
+    scores: dict[tuple[int, int, str], dict[str, list[dict]]] = {}
+    for mode in modes:
+        for s in seeds:
+            data = load_benchmark(data_spec, s, "fixed" if mode == "folder" else mode)
+            for res in resolutions:
+                t0 = time.perf_counter()
+                feats = grid_features(enc, [d.image for d in data], res, views)
+                for view in views:
+                    got = score(feats[view], data, enc.patch_size, s)
+                    scores.setdefault((res, *view), {}).setdefault(mode, []).append(got)
+                log(f"{mode} seed {s} {res} px: {len(views)} settings in "
+                    f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
+    rows = [_row(key, by_mode) for key, by_mode in scores.items()]
+    rows.sort(key=lambda r: -r["score"])
+    return {"data": data_spec, "seeds": seeds, "modes": list(modes), "score": SCORE,
+            "rows": rows, "best": rows[0]}  # fmt: skip
+
+
+def _row(key: tuple[int, int, str], by_mode: dict[str, list[dict]]) -> dict:
+    res, layer, facet = key
+    means = {
+        mode: {m: float(np.mean([r[m] for r in runs])) for m in ("ari", "nmi", "miou")}
+        for mode, runs in by_mode.items()
+    }
+    total = float(np.mean([(m["ari"] + m["nmi"]) / 2 for m in means.values()]))
+    return {"resolution": res, "layer": layer, "facet": facet, "score": total, "by_mode": means}
+
+
+def format_grid(result: dict) -> str:
+    """The whole grid, best first: per mode ARI / mIoU / co-clustering NMI, then the score."""
+    modes = result["modes"]
+    head = ["res", "layer", "facet"]
+    head += [f"{m} {h}" for m in modes for h in ("ARI", "mIoU", "NMI")] + ["score"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
+    for r in result["rows"]:
+        cells = [str(r["resolution"]), str(r["layer"]), r["facet"]]
+        cells += [f"{r['by_mode'][m][k]:.3f}" for m in modes for k in ("ari", "miou", "nmi")]
+        best = f"**{r['score']:.3f}**" if r is result["best"] else f"{r['score']:.3f}"
+        lines.append("| " + " | ".join(cells + [best]) + " |")
+    n = len(result["seeds"])
+    lines.append(f"score = {result['score']}; {result['data']} x {n} seed(s); best first")
+    return "\n".join(lines)
