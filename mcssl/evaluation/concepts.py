@@ -120,6 +120,9 @@ def random_like(enc: Encoder, seed: int = 0) -> Encoder:
     for m in backbone.modules():
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
+    # a backbone built to be loaded (weight_init="skip") remembers "reset" as its mode, which
+    # would leave PyTorch's default init; "" is timm's (truncated normal, std 0.02)
+    backbone.weight_init_mode = ""
     backbone.init_weights()
     return Encoder(backbone, None, None, enc.teacher_temp, {"format": "random"}, "random")
 
