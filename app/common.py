@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
-import warmup
+import warmstate
 from auth import PathRefused, checked
 
 from mcssl.explore.concepts import K_CHOICES
@@ -44,7 +44,7 @@ def runs_dir() -> Path:
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def encoder(spec: str, stamp: float) -> Encoder:
     """``stamp`` (the file's mtime) makes a re-exported checkpoint load again."""
-    return warmup.STATE.found("encoder", spec, stamp) or load_encoder(spec)
+    return warmstate.STATE.found("encoder", spec, stamp) or load_encoder(spec)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -58,7 +58,7 @@ def extractor(
 ) -> FeatureExtractor:
     """One per (model, settings), so its feature cache survives reruns (the warm-up's, with
     the demo photos' features, for the bundled model at its first-page settings)."""
-    found = warmup.STATE.found("extractor", spec, stamp, resolution, layer, precision, facet)
+    found = warmstate.STATE.found("extractor", spec, stamp, resolution, layer, precision, facet)
     if isinstance(found, FeatureExtractor):
         return found
     settings = Settings(resolution=resolution, layer=layer, precision=precision, facet=facet)
@@ -67,7 +67,7 @@ def extractor(
 
 @st.cache_resource(show_spinner="Loading the demo photos…")
 def demo_gallery() -> Gallery:
-    return warmup.STATE.found("gallery") or Gallery.demo()
+    return warmstate.STATE.found("gallery") or Gallery.demo()
 
 
 @st.cache_resource(max_entries=4, show_spinner="Reading the folder…")
@@ -95,7 +95,7 @@ def all_labels(ctx: Context, names: list[str], feats: list[ImageFeatures], coclu
     return labels(ctx.key(names, KS, cocluster), feats, KS, cocluster)
 
 
-def warm(state: warmup.State) -> None:
+def warm(state: warmstate.State) -> None:
     """Run by the warm-up thread: what the first page (Explore, demo photos, bundled model,
     default settings) needs, under the keys the functions above look for."""
     spec = "default"

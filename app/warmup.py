@@ -5,7 +5,7 @@ PyTorch, timm and scikit-learn are imported, the bundled model is loaded and the
 photos are encoded while the browser connects; ``streamlit run app/main.py`` starts it on
 the first page run. The page then waits for it with a progress bar that names the step
 (:func:`wait`) and finds the model, photos and features in the caches it uses
-(``common.encoder`` / ``extractor`` / ``demo_gallery`` look in :data:`STATE` first).
+(``common.encoder`` / ``extractor`` / ``demo_gallery`` look in ``warmstate.STATE`` first).
 
 Light on purpose (the standard library and streamlit): importing it must not import torch.
 """
@@ -19,42 +19,27 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import streamlit as st
+import warmstate
+from warmstate import State
 
 log = logging.getLogger("mcssl.app")
 
 
-@dataclass
-class State:
-    """What the warm-up thread is doing and what it made (read by the page's thread)."""
-
-    stage: str = "Starting the engine: importing PyTorch, timm, scikit-learn…"
-    done: int = 0  # images encoded so far
-    total: int = 0  # images to encode
-    made: dict[tuple, object] = field(default_factory=dict)  # cache key -> resource
-    finished: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-
-    def found(self, *key: object) -> object | None:
-        """The resource made for ``key``, once the warm-up is over (None: make it yourself)."""
-        return self.made.get(key) if self.finished.is_set() else None
-
-
-STATE = State()
 _lock = threading.Lock()
 
 
 def start() -> State:
     """Starts the warm-up thread once per process (later calls return its state)."""
+    state = warmstate.STATE
     with _lock:
-        if STATE.thread is None:
-            STATE.thread = threading.Thread(
-                target=_run, args=(STATE,), name="mcssl-warmup", daemon=True
+        if state.thread is None:
+            state.thread = threading.Thread(
+                target=_run, args=(state,), name="mcssl-warmup", daemon=True
             )
-            STATE.thread.start()
-    return STATE
+            state.thread.start()
+    return state
 
 
 def _run(state: State) -> None:

@@ -18,15 +18,16 @@ APP = str(ROOT / "app" / "main.py")
 sys.path.insert(0, str(ROOT / "app"))  # the app's modules, as app/main.py imports them
 
 import common  # noqa: E402
+import warmstate  # noqa: E402
 import warmup  # noqa: E402
 
 
 @pytest.fixture
-def state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> warmup.State:
+def state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> warmstate.State:
     """A warm-up not started yet, and no model, photos or extractor cached from other tests."""
     monkeypatch.setenv("MCSSL_RUNS", str(tmp_path / "runs"))
-    fresh = warmup.State()
-    monkeypatch.setattr(warmup, "STATE", fresh)
+    fresh = warmstate.State()
+    monkeypatch.setattr(warmstate, "STATE", fresh)
     for cached in (common.encoder, common.extractor, common.demo_gallery):
         cached.clear()
     return fresh
@@ -36,7 +37,7 @@ def state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> warmup.State:
     "stored", [{}, {"resolution": 48, "layer": 0, "facet": "keys"}], ids=["plain", "stored"]
 )
 def test_the_page_uses_what_the_warm_up_made(
-    state: warmup.State,
+    state: warmstate.State,
     smoke_export: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -67,7 +68,7 @@ def test_the_page_uses_what_the_warm_up_made(
 
 
 def test_a_failed_warm_up_leaves_the_page_working(
-    state: warmup.State, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    state: warmstate.State, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     missing = tmp_path / "gone.safetensors"
     monkeypatch.setenv("MCSSL_DEFAULT_CHECKPOINT", str(missing))
