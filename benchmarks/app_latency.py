@@ -97,7 +97,10 @@ def cold_start(page, url: str) -> dict[str, float]:
     spinner or progress bar), the first complete row, all 6 rows."""
     t = time.perf_counter()
     page.goto(url)
-    page.locator(FEEDBACK).first.wait_for(state="visible")
+    # a warm-up that is over before the page opens leaves no progress to show: then the
+    # first feedback is the first row itself
+    row = page.get_by_text("k=4", exact=True)
+    page.locator(FEEDBACK).or_(row).first.wait_for(state="visible")
     out = {"first_feedback_s": time.perf_counter() - t}
     page.get_by_text("k=4", exact=True).first.wait_for()
     out["first_row_s"] = time.perf_counter() - t
