@@ -189,7 +189,8 @@ def main() -> None:
                             start_new_session=True)  # fmt: skip
     try:
         _wait_healthy(f"http://127.0.0.1:{port}", proc)
-        grid = 224 // load_encoder(ckpt).patch_size
+        enc = load_encoder(ckpt)  # the app opens at the model's stored resolution, else 224
+        grid = int(enc.defaults.get("resolution", 224)) // enc.patch_size
         app = browser_times(f"http://127.0.0.1:{port}", args.reps, grid)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
