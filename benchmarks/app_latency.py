@@ -1,11 +1,13 @@
 """App latency in a real browser (Debian chromium via playwright) against the engine alone.
 
-    python benchmarks/app_latency.py [--checkpoint vits16|default] [--reps 5] [--app PATH]
+    python benchmarks/app_latency.py [--checkpoint vits16|default] [--reps 5] [--cold 5]
+                                     [--app PATH]
 
 Starts the app (`streamlit run app/serve.py` as `make app` does; ``--app`` another copy of
 it or its main.py, e.g. an older version for a before/after) on the demo gallery and
 measures: the cold start (first visible feedback, first complete row, all 6 rows of
-Explore), a warm reload, adding a k (new k-means overlays for 6 images; median of --reps),
+Explore; a fresh server for each of --cold starts, since one varies by +-1 s here), a warm
+reload, adding a k (new k-means overlays for 6 images; median of --reps),
 and clicking a token on Retrieve (heat-map + top-12 across the gallery, index already
 built; median of --reps). Baseline,
 same machine and run: the same computations called in-process without Streamlit or the
@@ -17,6 +19,7 @@ model learnt.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -39,7 +43,7 @@ from mcssl.checkpoint import EXPORT_FORMAT  # noqa: E402
 from mcssl.config import load_config  # noqa: E402
 from mcssl.explore.concepts import K_CHOICES, token_similarity  # noqa: E402
 from mcssl.explore.encoder import DEFAULT_CHECKPOINT, load_encoder  # noqa: E402
-from mcssl.explore.features import FeatureExtractor, Settings  # noqa: E402
+from mcssl.explore.features import FALLBACK, FeatureExtractor, Settings  # noqa: E402
 from mcssl.explore.gallery import Gallery, gallery_index  # noqa: E402
 from mcssl.explore.pipeline import label_features  # noqa: E402
 
@@ -57,13 +61,20 @@ def vits16_export(path: Path) -> Path:
     return path
 
 
+def first_page_settings(ckpt: str) -> dict:
+    """The settings the app opens with: the checkpoint's stored defaults, else the fallback."""
+    return {**FALLBACK, **load_encoder(ckpt).defaults}
+
+
 def engine_baseline(ckpt: str, reps: int) -> dict[str, float]:
-    """The same work without the app: features (cold), k-means for k=2..5, a token query."""
+    """The same work without the app, at the first page's settings: features (cold), k-means
+    for k=2..5, a token query."""
     gallery = Gallery.demo()
     enc = load_encoder(ckpt)
+    first = first_page_settings(ckpt)
     out: dict[str, float] = {}
     for precision in ("auto", "fp32"):
-        ex = FeatureExtractor(enc, Settings(resolution=224, precision=precision))
+        ex = FeatureExtractor(enc, Settings(**first, precision=precision))
         ex(gallery.images[6:7])  # warm-up (and the bf16 copy of the weights)
         t = time.perf_counter()
         ex(gallery.images[:6])
@@ -110,14 +121,39 @@ def cold_start(page, url: str) -> dict[str, float]:
     return out
 
 
-def browser_times(url: str, reps: int, grid: int) -> dict[str, float]:
-    """``grid``: tokens per side of the (square) first demo photo."""
+@contextlib.contextmanager
+def browser_page() -> Iterator:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(600_000)
+        yield page
+        browser.close()
+
+
+@contextlib.contextmanager
+def server(app: str, ckpt: str, runs: Path) -> Iterator[str]:
+    """A fresh ``streamlit run APP`` (a cold engine) -> its URL once it answers."""
+    port = _free_port()
+    env = os.environ | {"MCSSL_DEFAULT_CHECKPOINT": ckpt, "MCSSL_RUNS": str(runs)}
+    streamlit = str(Path(sys.executable).parent / "streamlit")
+    proc = subprocess.Popen([streamlit, "run", app, "--server.port", str(port)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+
+
+def browser_times(url: str, reps: int, grid: int) -> dict[str, float]:
+    """A cold start, then the warm measurements on the same server. ``grid``: tokens per
+    side of the (square) first demo photo."""
+    with browser_page() as page:
         out = cold_start(page, url)
         t = time.perf_counter()
         page.goto(url)
@@ -159,8 +195,24 @@ def browser_times(url: str, reps: int, grid: int) -> dict[str, float]:
                 clicks.append(time.perf_counter() - t)
         out["token_click_s"] = statistics.median(clicks)
         out["token_click_all_s"] = [round(c, 3) for c in clicks]
-        browser.close()
     return out
+
+
+def cold_times(app: str, ckpt: str, runs: Path, n: int) -> list[dict[str, float]]:
+    """``n`` more cold starts, each on a fresh server."""
+    starts = []
+    for _ in range(n):
+        with server(app, ckpt, runs) as url, browser_page() as page:
+            starts.append(cold_start(page, url))
+    return starts
+
+
+def summary(starts: list[dict[str, float]]) -> dict:
+    """Medians and every value of the cold starts."""
+    return {
+        **{f"{k}_median": round(statistics.median(s[k] for s in starts), 3) for k in starts[0]},
+        **{f"{k}_all": [round(s[k], 3) for s in starts] for k in starts[0]},
+    }
 
 
 def main() -> None:
@@ -170,6 +222,7 @@ def main() -> None:
         help="vits16 (random ViT-S/16), default (the bundled model) or a path",
     )  # fmt: skip
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--cold", type=int, default=5, help="cold starts, each on a fresh server")
     ap.add_argument(
         "--app", default=str(ROOT / "app" / "serve.py"),
         help="what `streamlit run` starts: app/serve.py as `make app` does, or an app's main.py",
@@ -181,20 +234,11 @@ def main() -> None:
         if args.checkpoint == "vits16"
         else str(DEFAULT_CHECKPOINT) if args.checkpoint == "default" else args.checkpoint
     )  # fmt: skip
-    port = _free_port()
-    env = os.environ | {"MCSSL_DEFAULT_CHECKPOINT": ckpt, "MCSSL_RUNS": str(tmp / "runs")}
-    streamlit = str(Path(sys.executable).parent / "streamlit")
-    proc = subprocess.Popen([streamlit, "run", args.app, "--server.port", str(port)], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
-    try:
-        _wait_healthy(f"http://127.0.0.1:{port}", proc)
-        enc = load_encoder(ckpt)  # the app opens at the model's stored resolution, else 224
-        grid = int(enc.defaults.get("resolution", 224)) // enc.patch_size
-        app = browser_times(f"http://127.0.0.1:{port}", args.reps, grid)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
+    grid = int(first_page_settings(ckpt)["resolution"]) // load_encoder(ckpt).patch_size
+    with server(args.app, ckpt, tmp / "runs") as url:
+        app = browser_times(url, args.reps, grid)
+    first = {k: app[k] for k in ("first_feedback_s", "first_row_s", "first_paint_cold_s")}
+    cold = [first, *cold_times(args.app, ckpt, tmp / "runs", args.cold - 1)]
     base = engine_baseline(ckpt, args.reps)
     result = {
         "machine": f"{cpu_model()}, {os.cpu_count()} cores",
@@ -203,6 +247,7 @@ def main() -> None:
         "checkpoint": args.checkpoint,
         "app": args.app,
         "app_in_browser": {k: v if isinstance(v, list) else round(v, 3) for k, v in app.items()},
+        "cold_starts": summary(cold),  # the first above, then each on a fresh server
         "engine_baseline": {k: round(v, 3) for k, v in base.items()},
     }
     print(json.dumps(result, indent=1))
