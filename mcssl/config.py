@@ -132,6 +132,7 @@ class ShortcutConfig:
 
     sinkhorn_iters: int = 0  # > 0: teacher targets by Sinkhorn-Knopp over the global batch
     student_colour: bool = False  # student copy: same crop, its own colour jitter/grey/blur
+    student_hue: float = 0.0  # > 0: the student copy's hue jitter range (turns; 0.5 = any hue)
     image_centring: float = 0.0  # subtract this fraction of each image's mean teacher logit
     norm_pix: bool = False  # reconstruct per-patch normalised pixels (MAE's norm-pix)
     cross_view: bool = False  # also predict the other global crop's targets at the same place
@@ -293,6 +294,11 @@ def _validate_shortcut(cfg: Config) -> None:
     if (sc.student_colour or sc.cross_view) and cfg.data.pipeline != "plain":
         raise ConfigError(
             "shortcut.student_colour and shortcut.cross_view need data.pipeline=plain"
+        )
+    if not 0.0 <= sc.student_hue <= 0.5 or (sc.student_hue and not sc.student_colour):
+        raise ConfigError(
+            f"shortcut.student_hue must be in [0, 0.5] and needs shortcut.student_colour=true, "
+            f"got {sc.student_hue}"
         )
     if sc.cross_view and cfg.data.global_crops < 2:
         raise ConfigError("shortcut.cross_view needs data.global_crops >= 2")

@@ -3,6 +3,7 @@ off unless a recipe turns them on."""
 
 from __future__ import annotations
 
+import colorsys
 import os
 import tempfile
 
@@ -16,7 +17,7 @@ from PIL import Image
 from mcssl.config import ConfigError, ShortcutConfig, load_config
 from mcssl.losses import CenteredCrossEntropy, norm_pix
 from mcssl.losses.concept import sinkhorn_knopp
-from mcssl.train.data import UnlabelledImages
+from mcssl.train.data import MEAN, STD, UnlabelledImages
 from mcssl.train.matching import correspondence, crop_with_box, cross_view_loss, sample_at
 
 
@@ -229,3 +230,31 @@ def test_cross_view_loss_counts_only_tokens_seen_in_both_crops() -> None:
     second = ce(_cols(t0, [-0.25, 0.25, 0.75, 1.25]), s1).mean()  # all of view 1 is in view 0
     got = cross_view_loss(s, t, [whole, left], 0.1)
     assert got == pytest.approx(float((first + second) / 2), rel=1e-5)
+
+
+def _hue_turns_from_red(view: torch.Tensor) -> float | None:
+    """Circular hue distance (turns) of a normalised view's mean colour from pure red; None
+    for a grey view (the greyscale draw)."""
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    r, g, b = (view * std + mean).clamp(0, 1).mean((1, 2)).tolist()
+    h, s, _ = colorsys.rgb_to_hsv(r, g, b)
+    return None if s < 0.2 else min(h, 1 - h)
+
+
+@pytest.mark.parametrize("student_hue", [0.0, 0.5])
+def test_student_hue_widens_only_the_students_hue_jitter(student_hue: float) -> None:
+    """A red image: with the default jitter (0.1 turns) every coloured view stays within 0.1
+    turns of red; ``shortcut.student_hue=0.5`` lets the student's copy take any hue and
+    leaves the teacher's as it was."""
+    overrides = ["shortcut.student_colour=true", f"shortcut.student_hue={student_hue}"]
+    ds = UnlabelledImages(
+        [Image.new("RGB", (96, 96), (220, 30, 30))], load_config("smoke", overrides), 0
+    )
+    items = [ds[(0, i)] for i in range(60)]
+    teacher = [_hue_turns_from_red(it["global"][0]) for it in items]
+    student = [_hue_turns_from_red(it["student"][0]) for it in items]
+    assert max(h for h in teacher if h is not None) <= 0.1 + 1e-3
+    far = sum(h is not None and h > 0.15 for h in student)
+    assert far == 0 if student_hue == 0 else far >= 20  # uniform in +-0.5: ~70 % beyond 0.15
+    with pytest.raises(ConfigError, match="student_hue"):
+        load_config("smoke", ["shortcut.student_hue=0.3"])  # without student_colour

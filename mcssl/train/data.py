@@ -29,15 +29,20 @@ MAX_CONSECUTIVE_FAILURES = 50
 
 
 def sit_augment(
-    size: int, scale: tuple[float, float], blur: float = 0.5, solarize: float = 0.0
+    size: int,
+    scale: tuple[float, float],
+    blur: float = 0.5,
+    solarize: float = 0.0,
+    hue: float = 0.1,
 ) -> v2.Compose:
-    """SiT / DINO-style view: random resized crop, flip, colour jitter, greyscale, blur with
-    probability ``blur``, solarisation (PIL's, threshold 128) with probability ``solarize``."""
+    """SiT / DINO-style view: random resized crop, flip, colour jitter (hue within ``hue``
+    turns), greyscale, blur with probability ``blur``, solarisation (PIL's, threshold 128)
+    with probability ``solarize``."""
     k = max(3, int(0.1 * size) // 2 * 2 + 1)  # odd blur kernel, ~10% of the crop
     steps = [
         v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC),
         v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, hue)], p=0.8),
         v2.RandomGrayscale(p=0.2),
         v2.RandomApply([v2.GaussianBlur(k, sigma=(0.1, 2.0))], p=blur),
     ]
@@ -53,12 +58,16 @@ def per_view(values: list[float], n: int) -> list[float]:
 
 
 def split_augment(
-    size: int, scale: tuple[float, float], blur: float = 0.5, solarize: float = 0.0
+    size: int,
+    scale: tuple[float, float],
+    blur: float = 0.5,
+    solarize: float = 0.0,
+    hue: float = 0.1,
 ) -> tuple[v2.Compose, v2.Compose]:
     """``sit_augment`` cut in two: (geometry: crop + flip, colour: jitter, greyscale, blur and
     normalisation), so that two views can share a crop and differ in colour
     (``shortcut.student_colour``)."""
-    full = sit_augment(size, scale, blur, solarize).transforms
+    full = sit_augment(size, scale, blur, solarize, hue).transforms
     return v2.Compose(full[:2]), v2.Compose(full[2:])
 
 
@@ -83,6 +92,11 @@ class UnlabelledImages(Dataset):
         self.img_size, self.global_scale = cfg.model.img_size, tuple(cfg.data.global_scale)
         self.split_augs = [  # per view, as global_augs
             split_augment(cfg.model.img_size, tuple(d.global_scale), blur[v], sol[v])
+            for v in range(n)
+        ]
+        hue = cfg.shortcut.student_hue or 0.1  # 0: the student's jitter is the teacher's
+        self.student_colours = [
+            split_augment(cfg.model.img_size, tuple(d.global_scale), blur[v], sol[v], hue)[1]
             for v in range(n)
         ]
         self.seed = seed
@@ -139,7 +153,11 @@ class UnlabelledImages(Dataset):
             crops.append(crop)
         colours = [colour for _, colour in self.split_augs]
         teacher = [c(x) for c, x in zip(colours, crops, strict=True)]
-        student = [c(x) for c, x in zip(colours, crops, strict=True)] if self.student_colour else []
+        student = (
+            [c(x) for c, x in zip(self.student_colours, crops, strict=True)]
+            if self.student_colour
+            else []
+        )
         return teacher, student, boxes
 
 
