@@ -28,6 +28,7 @@ NEW_KEYS: dict[str, Any] = {
     "run.tensorboard": False,
     "shortcut.sinkhorn_iters": 0,  # issue 13's levers: all off
     "shortcut.student_colour": False,
+    "shortcut.student_hue": 0.0,
     "shortcut.image_centring": 0.0,
     "shortcut.norm_pix": False,
     "shortcut.cross_view": False,
