@@ -5,6 +5,7 @@ The app has no maths of its own: everything it shows is computed by ``mcssl.expl
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -44,7 +45,20 @@ def runs_dir() -> Path:
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def encoder(spec: str, stamp: float) -> Encoder:
     """``stamp`` (the file's mtime) makes a re-exported checkpoint load again."""
-    return warmstate.STATE.found("encoder", spec, stamp) or load_encoder(spec)
+    found = warmstate.STATE.found("encoder", spec, stamp)
+    if found:
+        return found
+    enc = load_encoder(spec)
+    freeze_heap()
+    return enc
+
+
+def freeze_heap() -> None:
+    """Streamlit runs a full garbage collection after every script run (a k added, a token
+    clicked), and with PyTorch, timm, scikit-learn and a model in memory that took 0.3-0.5 s
+    here, holding the GIL before the page heard the run was over. What is alive now (modules,
+    the model) stays alive: ``gc.freeze`` takes it out of every later collection."""
+    gc.freeze()
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)

@@ -51,6 +51,7 @@ def _run(state: State) -> None:
         with _passive_openmp():
             import common  # the heavy imports: PyTorch, timm, scikit-learn, FAISS
         common.warm(state)
+        common.freeze_heap()
         log.info("engine warm in %.1f s", time.perf_counter() - start_s)
     except Exception:  # noqa: BLE001 (the page loads what it needs and says what is wrong)
         log.exception("warm-up failed; the page loads the model itself")
