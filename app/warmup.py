@@ -32,6 +32,7 @@ _lock = threading.Lock()
 
 def start() -> State:
     """Starts the warm-up thread once per process (later calls return its state)."""
+    _skip_repl_check()
     state = warmstate.STATE
     with _lock:
         if state.thread is None:
@@ -58,6 +59,17 @@ def _run(state: State) -> None:
     finally:
         sys.setswitchinterval(switch)
         state.finished.set()
+
+
+def _skip_repl_check() -> None:
+    """Streamlit asks once per process, at the first element a page draws, whether it runs in
+    a Python REPL, by ``inspect.stack()``: source lookups that scan every loaded module. With
+    the warm-up importing thousands of modules beside it, that cost the first page 0.3-0.9 s
+    before its first element. Under ``streamlit run`` the answer is no: mark it asked (a
+    private flag; should it be renamed, this sets an unused name and Streamlit asks again)."""
+    import streamlit.delta_generator as dg
+
+    dg._use_warning_has_been_displayed = True
 
 
 @contextlib.contextmanager

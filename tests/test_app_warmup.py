@@ -88,3 +88,18 @@ def test_a_failed_warm_up_leaves_the_page_working(
         f"The model could not be loaded: the bundled default checkpoint {missing} is missing; "
         "pass a checkpoint path (an export, a run folder or a .pt file)"
     ]
+
+
+def test_streamlits_repl_check_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streamlit's once-per-process REPL check walks the stack with inspect (0.3-0.9 s of the
+    first page while the warm-up imports); starting the warm-up marks it done. Fails when a
+    Streamlit upgrade renames the private flag, so that the cost comes back unnoticed."""
+    import streamlit.delta_generator as dg
+    import streamlit.env_util as env_util
+
+    asked = []
+    monkeypatch.setattr(env_util, "is_repl", lambda: asked.append(1) or False)
+    monkeypatch.setattr(dg, "_use_warning_has_been_displayed", False)
+    warmup._skip_repl_check()
+    dg._maybe_print_use_warning()
+    assert asked == []
