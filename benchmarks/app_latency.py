@@ -61,6 +61,18 @@ def vits16_export(path: Path) -> Path:
     return path
 
 
+def import_floor(reps: int = 3) -> float:
+    """Seconds a fresh Python takes to import PyTorch, timm and scikit-learn's k-means (median
+    of ``reps``): the floor under any cold start, and a yardstick of how fast this machine is
+    right now (the same VM measured 5 s and 8 s an hour apart)."""
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch, timm, sklearn.cluster"], check=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def first_page_settings(ckpt: str) -> dict:
     """The settings the app opens with: the checkpoint's stored defaults, else the fallback."""
     return {**FALLBACK, **load_encoder(ckpt).defaults}
@@ -249,6 +261,7 @@ def main() -> None:
         "app_in_browser": {k: v if isinstance(v, list) else round(v, 3) for k, v in app.items()},
         "cold_starts": summary(cold),  # the first above, then each on a fresh server
         "engine_baseline": {k: round(v, 3) for k, v in base.items()},
+        "imports_alone_s": round(import_floor(), 3),
     }
     print(json.dumps(result, indent=1))
 
