@@ -40,12 +40,15 @@ def test_start_stop_resume_and_one_job_at_a_time(tmp_path: Path) -> None:
     with pytest.raises(JobError, match="already holds a run"):
         jobs.start(out, "smoke")
 
-    jobs.start(out, resume=True, overrides=["optim.epochs=1"])  # shorter: finish soon
+    # shorter, to finish soon: the first epoch (9 steps) after the one it stopped in (the
+    # stop can land after step 9 on a fast machine)
+    epochs = summary["steps"] // 9 + 1
+    jobs.start(out, resume=True, overrides=[f"optim.epochs={epochs}"])
     _wait(jobs, lambda j: not j.active)
     job = jobs.current()
     assert job.status == "finished", job
     done = json.loads((out / "summary.json").read_text())
-    assert not done["stopped"] and done["steps"] == 9 >= summary["steps"]
+    assert not done["stopped"] and done["steps"] == 9 * epochs >= summary["steps"]
     assert "--resume" in job.command()
 
 
