@@ -107,11 +107,14 @@ def _idle(page) -> None:
     page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached")
 
 
-# Records every progress-bar text and whether the running indicator was ever visible, from
-# the first byte of the page on (an element shown for a few milliseconds is not missed).
+# Records every progress-bar text, whether the running indicator and the boot screen (the
+# page's HTML, before Streamlit's JavaScript has loaded) were ever visible, from the first byte
+# of the page on (an element shown for a few milliseconds is not missed).
 WATCH = """
-window.__progress = []; window.__running = false;
+window.__progress = []; window.__running = false; window.__boot = false;
 new MutationObserver(() => {
+  const b = document.getElementById("mcssl-boot");
+  if (b && b.getBoundingClientRect().width > 0) window.__boot = true;
   for (const el of document.querySelectorAll('[data-testid="stProgress"]')) {
     const t = el.innerText.trim();
     if (t && !window.__progress.includes(t)) window.__progress.push(t);
@@ -136,6 +139,8 @@ def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) 
     assert all(t.startswith(("Starting the engine", "Loading the model", "Computing features"))
                for t in progress), progress  # fmt: skip
     assert page.evaluate("window.__running")  # the running indicator was shown
+    assert page.evaluate("window.__boot")  # the boot screen showed before Streamlit drew
+    assert page.locator("#mcssl-boot").count() == 0  # and went once it had
     _shot(page, "explore", 1500)
 
     img = tmp_path / "mine.png"
