@@ -71,7 +71,7 @@ class BootScreen:
             await self.app(scope, receive, send)  # not a page load (assets, API, websocket)
             return
         scope = dict(scope)
-        scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"x-unused"]
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
         start: Message = {}  # the held response start of an HTML page
         body: list[bytes] = []
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/mutants.py [NAME ...] [--no-baseline] [--list]
 
-For every mutant: copy the repository's ``mcssl/`` and ``tests/`` to a temporary folder (the
+For every mutant: copy the repository's ``mcssl/``, ``app/`` and ``tests/`` to a temporary folder (the
 rest is linked), replace the one ``old`` snippet by ``new`` (it must occur exactly once, else
 the mutant is "NOT APPLIED"), and run the mutant's pytest node ids there, with that copy first
 on the path. A mutant is caught when pytest reports failing tests (exit code 1). First, unless
@@ -27,7 +27,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 LIST = REPO / "tests" / "mutants.yaml"
-COPIED = ("mcssl", "tests", "pyproject.toml")  # the rest of the top level is linked
+COPIED = ("mcssl", "app", "tests", "pyproject.toml")  # the rest of the top level is linked
 SKIPPED = (".git", ".venv", "runs", ".pytest_cache", ".ruff_cache")
 TIMEOUT_S = 600
 
@@ -67,6 +67,8 @@ def apply(root: Path, m: Mutant) -> str:
     path = root / m.file
     if not path.is_file():
         return f"{m.file} does not exist"
+    if not path.resolve().is_relative_to(root.resolve()):  # planting there would edit the repo
+        return f"{m.file} is linked, not copied: add its top-level folder to COPIED"
     text = path.read_text()
     n = text.count(m.old)
     if n != 1:
