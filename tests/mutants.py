@@ -2,13 +2,13 @@
 
     .venv/bin/python tests/mutants.py [NAME ...] [--no-baseline] [--list]
 
-For every mutant: copy the repository's ``mcssl/``, ``app/`` and ``tests/`` to a temporary folder (the
-rest is linked), replace the one ``old`` snippet by ``new`` (it must occur exactly once, else
-the mutant is "NOT APPLIED"), and run the mutant's pytest node ids there, with that copy first
-on the path. A mutant is caught when pytest reports failing tests (exit code 1). First, unless
-``--no-baseline`` (CI: ``make test`` has just run them), the union of the listed tests runs on
-an unmutated copy and must pass (else every mutant would look caught). Exit code 0 only if
-every mutant applied and was caught.
+For every mutant: copy the repository's ``mcssl/``, ``app/`` and ``tests/`` to a temporary
+folder (the rest is linked), replace the one ``old`` snippet by ``new`` (it must occur exactly
+once, else the mutant is "NOT APPLIED"), and run the mutant's pytest node ids there, with that
+copy first on the path. A mutant is caught when pytest reports failing tests (exit code 1).
+First, unless ``--no-baseline`` (CI: ``make test`` has just run them), the union of the listed
+tests runs on an unmutated copy and must pass (else every mutant would look caught). Exit code
+0 only if every mutant applied and was caught.
 """
 
 from __future__ import annotations
