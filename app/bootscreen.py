@@ -86,11 +86,9 @@ class BootScreen:
             if message.get("more_body", False):
                 return
             page = inject(b"".join(body))
-            headers = [
-                (k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"
-            ]
-            headers.append((b"content-length", str(len(page)).encode()))
-            await send({**start, "headers": headers})
+            kept = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            length = (b"content-length", str(len(page)).encode())
+            await send({**start, "headers": [*kept, length]})
             await send({"type": "http.response.body", "body": page})
 
         await self.app(scope, receive, send_rewritten)

@@ -136,14 +136,9 @@ COLD_KEYS = ("first_feedback_s", "longest_blank_s", "first_row_s", "first_paint_
 def blank_stretches(samples: list[tuple[float, bool]], until_ms: float) -> tuple[float, float]:
     """Recorder samples -> (seconds to the first sample showing something, longest run of
     seconds with nothing shown before ``until_ms``, the start of the page's load included)."""
-    first = next((t for t, seen in samples if seen), until_ms)
-    longest, since = 0.0, 0.0
-    for t, seen in samples:
-        if t > until_ms:
-            break
-        if seen:
-            longest, since = max(longest, t - since), t
-    return first / 1000, max(longest, first) / 1000
+    seen = [t for t, shown in samples if shown and t <= until_ms] + [until_ms]
+    gaps = [b - a for a, b in zip([0.0, *seen[:-1]], seen, strict=True)]
+    return seen[0] / 1000, max(gaps) / 1000
 
 
 def cold_start(page, url: str) -> dict[str, float]:
