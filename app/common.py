@@ -25,7 +25,13 @@ from mcssl.explore.encoder import (
     arch_label,
     load_encoder,
 )
-from mcssl.explore.features import FALLBACK, FeatureExtractor, ImageFeatures, Settings
+from mcssl.explore.features import (
+    FALLBACK,
+    FeatureExtractor,
+    ImageFeatures,
+    Settings,
+    facets_of,
+)
 from mcssl.explore.gallery import Gallery
 from mcssl.explore.pipeline import label_features
 from mcssl.images import ImageError
@@ -288,7 +294,10 @@ SETTINGS = {
     "fp32": False, "alpha": 0.5, "smooth": False, "ks": [2, 3, 4],
 }  # fmt: skip
 STORED = {"resolution": "res", "layer": "layer", "facet": "facet"}  # stored default -> widget
-FACET_LABELS = {"tokens": "block output tokens", "keys": "attention keys"}
+FACET_LABELS = {
+    "tokens": "block output tokens", "keys": "attention keys",
+    "keys+concepts": "keys + pseudo-concepts",
+}  # fmt: skip
 
 
 def keep(*keys: str, defaults: dict | None = None) -> None:
@@ -312,9 +321,10 @@ def _use_stored(model: tuple[str, float], stored: dict[str, int | str]) -> None:
 
 
 def _settings_sidebar(
-    page: str, depth: int | None, stored: dict[str, int | str]
+    page: str, depth: int | None, stored: dict[str, int | str], facets: tuple[str, ...]
 ) -> tuple[int, int, str, str, float, bool]:
-    """Only the settings that change what ``page`` shows (the others keep their values)."""
+    """Only the settings that change what ``page`` shows (the others keep their values);
+    ``facets``: those the model has."""
     st.sidebar.header("Settings")
     keep(*SETTINGS, defaults=SETTINGS)
     choices = sorted({*RESOLUTIONS, int(st.session_state["res"]), *stored_res(stored)})
@@ -326,10 +336,13 @@ def _settings_sidebar(
         "Layer (-1 = last)", lo, hi, key="layer",
         help=f"block whose features are used: 0..{hi} from the input, -1..{lo} from the end",
     )  # fmt: skip
+    if st.session_state.get("facet") not in facets:  # another model: one without a head
+        st.session_state["facet"] = "tokens"
     facet = st.sidebar.radio(
-        "Features", tuple(FACET_LABELS), key="facet", format_func=FACET_LABELS.get,
-        horizontal=True, help="the block's output tokens, or the keys of its self-attention "
-        "(all heads), which dino-vit-features found best for co-segmentation",
+        "Features", facets, key="facet", format_func=FACET_LABELS.get,
+        horizontal=True, help="the block's output tokens; the keys of its self-attention "
+        "(all heads), which dino-vit-features found best for co-segmentation; or those keys "
+        "beside the patch's pseudo-concept probabilities, which are shared across images",
     )  # fmt: skip
     fp32 = st.sidebar.checkbox(
         "Full precision (fp32)", key="fp32",
@@ -372,8 +385,9 @@ def context(page: str = "Explore") -> Context | None:
     if enc is not None and model is not None:
         _use_stored(model, enc.defaults)
     res, layer, facet, precision, alpha, smooth = _settings_sidebar(
-        page, enc.depth if enc else None, enc.defaults if enc else {}
-    )
+        page, enc.depth if enc else None, enc.defaults if enc else {},
+        facets_of(enc) if enc else ("tokens", "keys"),
+    )  # fmt: skip
     if enc is None:
         if model_error is not None:
             st.error(f"The model could not be loaded: {model_error}")

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+FACETS = ("tokens", "keys", "keys+concepts")  # = mcssl.explore.encoder.FACETS (timm: slow import)
+
 
 def _train(args: argparse.Namespace) -> int:
     from mcssl.config import apply_overrides, load_config
@@ -331,8 +333,9 @@ def _add_model_options(
         )
         p.add_argument(
             "--facet",
-            choices=("tokens", "keys"),
-            help=f"the block's output tokens or its attention keys (all heads); {stored} tokens",
+            choices=FACETS,
+            help="the block's output tokens, its attention keys (all heads), or the keys beside "
+            f"the pseudo-concept probabilities (needs a concept head); {stored} tokens",
         )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     if precision:
@@ -461,9 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resolutions", type=int, nargs="+", help="default: the training size and twice it"
     )
     ed.add_argument(
-        "--layers", type=int, nargs="+", help="default: the last 4 blocks (-1 -2 -3 -4)"
+        "--layers", type=int, nargs="+", help="default: the second half of the blocks (at least 4)"
     )
-    ed.add_argument("--facets", nargs="+", default=["tokens", "keys"], choices=["tokens", "keys"])
+    ed.add_argument(
+        "--facets", nargs="+", choices=FACETS, help="default: every facet the checkpoint has"
+    )
     ed.add_argument("--device", default="cpu", help="cpu or cuda")
     ed.add_argument("--out", help="write the grid as JSON here")
     ed.add_argument(

@@ -20,7 +20,13 @@ from mcssl.checkpoint import CheckpointError, store_defaults
 from mcssl.cli import main
 from mcssl.explore.concepts import kmeans_labels
 from mcssl.explore.encoder import Encoder, load_encoder
-from mcssl.explore.features import FeatureExtractor, Settings, block_features
+from mcssl.explore.features import (
+    FeatureExtractor,
+    Settings,
+    block_features,
+    facets_of,
+    to_tensor,
+)
 from mcssl.explore.gallery import Gallery, gallery_index
 from mcssl.metrics import ari
 
@@ -69,13 +75,47 @@ def test_keys_facet_is_the_attention_keys_recomputed_from_the_weights() -> None:
         FeatureExtractor(enc, Settings(resolution=32, layer=-2, facet="keys", precision=p))([img])
         for p in ("fp32", "bf16")
     )
-    from mcssl.explore.features import to_tensor
-
     want = _keys_by_hand(enc.backbone, to_tensor(img, (40, 32))[None], 1)[0].numpy()
     np.testing.assert_allclose(fp32[0].tokens, want, rtol=0, atol=1e-5)
     a, b = fp32[0].tokens, bf16[0].tokens
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.99 and bf16[0].tokens.dtype == np.float32
+
+
+def test_keys_with_concepts_are_both_halves_normalised_side_by_side(smoke_export: Path) -> None:
+    enc = load_encoder(smoke_export)
+    x = torch.randn(2, 3, 32, 40)
+    got, probs = block_features(enc, x, [(0, "keys"), (0, "keys+concepts")])
+    both, c = got[(0, "keys+concepts")], got[(0, "keys")].shape[-1]
+    assert probs is not None and both.shape == (2, 20, c + probs.shape[-1])
+    keys, root = both[..., :c], both[..., c:]
+    torch.testing.assert_close(keys, torch.nn.functional.normalize(got[(0, "keys")], dim=-1))
+    want = torch.nn.functional.normalize(probs.sqrt(), dim=-1)  # Hellinger: sqrt, then unit
+    torch.testing.assert_close(root, want)
+    torch.testing.assert_close(both.norm(dim=-1), torch.full((2, 20), 2**0.5))  # equal halves
+
+
+def test_a_checkpoint_without_a_head_has_no_concept_facet(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    enc = _random_vit()
+    assert facets_of(enc) == ("tokens", "keys")
+    with pytest.raises(ValueError, match="needs a patch-concept head"):
+        FeatureExtractor(enc, Settings(resolution=32, facet="keys+concepts"))
+    with pytest.raises(ValueError, match="needs a patch-concept head"):
+        block_features(enc, torch.randn(1, 3, 32, 32), [(0, "keys+concepts")])
+    from mcssl.evaluation.defaults import search
+
+    got = search(enc, "synthetic:2", [0], ["fixed"], [32], [-1], log=lambda _: None)
+    assert sorted(r["facet"] for r in got["rows"]) == ["keys", "tokens"]
+    vit = tmp_path / "vit.pt"  # the same through the CLI: one line, exit 1
+    torch.save(enc.backbone.state_dict(), vit)
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    args = ["concepts", "--checkpoint", str(vit), "--facet", "keys+concepts", str(img)]
+    assert main([*args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "needs a patch-concept head" in err
 
 
 def test_facet_changes_the_cache_key_and_the_index(tmp_path: Path) -> None:
@@ -120,7 +160,7 @@ def test_eval_defaults_write_keeps_the_tensors_and_replaces_the_file_atomically(
             "0", "--modes", "fixed", "varied", "--resolutions", "32", "48", "--write"]  # fmt: skip
     assert main(args) == 0
     table = capsys.readouterr().out
-    assert table.count("| 32 |") == 4 and table.count("| 48 |") == 4  # 2 layers x 2 facets
+    assert table.count("| 32 |") == 6 and table.count("| 48 |") == 6  # 2 layers x 3 facets
     after, meta = _tensors_and_meta(path)
     assert list(after) == list(before)
     for k, v in before.items():
@@ -227,6 +267,11 @@ def test_the_app_starts_with_the_stored_defaults_and_keeps_the_users_choice(
     assert at.sidebar.select_slider(key="res").value == 112
     assert at.sidebar.radio(key="facet").value == "tokens"
     assert at.sidebar.number_input(key="layer").value == 0
+    facet = at.sidebar.radio(key="facet")  # the smoke model has a head: the third facet too
+    assert facet.options == ["block output tokens", "attention keys", "keys + pseudo-concepts"]
+    facet.set_value("keys+concepts").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert [c for im in at.get("image") for c in im.captions if c == "k=4"]  # masks drawn
 
     monkeypatch.setenv("MCSSL_DEFAULT_CHECKPOINT", str(smoke_export))  # nothing stored
     at = AppTest.from_file(APP, default_timeout=180)

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from mcssl.explore.concepts import _normalise, cocluster, kmeans_labels
-from mcssl.explore.encoder import Encoder
+from mcssl.explore.encoder import HEAD_FACETS, Encoder
 from mcssl.explore.features import FeatureExtractor, Settings, model_size, to_tensor
 from mcssl.images import IMAGE_EXTENSIONS, ImageError, load_rgb
 from mcssl.metrics import ari, matched_miou, nmi, patch_labels
@@ -245,10 +245,11 @@ def featurisers(
     enc: Encoder, resolution: int, layer: int, baselines: bool, seed: int, facet: str = "tokens"
 ) -> dict[str, Featuriser]:
     """The checkpoint and (optionally) the three baselines at the same resolution and patch
-    (the random ViT with the same layer and facet)."""
+    (the random ViT with the same layer and facet; keys for keys+concepts: it has no head)."""
     out = {"checkpoint": encoder_features(enc, resolution, layer, facet)}
     if baselines:
-        out["random_vit"] = encoder_features(random_like(enc, seed), resolution, layer, facet)
+        rand = "keys" if facet in HEAD_FACETS else facet
+        out["random_vit"] = encoder_features(random_like(enc, seed), resolution, layer, rand)
         out["pixels"] = pixel_features(enc.patch_size, resolution)
         out["colour_stats"] = colour_features(enc.patch_size, resolution)
     return out

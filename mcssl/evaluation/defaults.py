@@ -17,15 +17,16 @@ import torch
 from PIL import Image
 
 from mcssl.evaluation.concepts import Feats, load_benchmark, score
-from mcssl.explore.encoder import FACETS, Encoder
-from mcssl.explore.features import block_features, model_size, to_tensor
+from mcssl.explore.encoder import Encoder
+from mcssl.explore.features import block_features, check_facet, facets_of, model_size, to_tensor
 
 SCORE = "mean over modes of (per-image ARI + co-clustering NMI) / 2"
 
 
-def grid_layers(depth: int, last: int = 4) -> list[int]:
-    """The last ``last`` blocks, counted from the end (-1 = last): all of a shallow model."""
-    return list(range(-1, -min(depth, last) - 1, -1))
+def grid_layers(depth: int) -> list[int]:
+    """The second half of the blocks (at least the last 4), counted from the end (-1 = last):
+    all of a shallow model. The bundled ViT-Tiny is best at block -6 of 12 (docs/RESULTS.md)."""
+    return list(range(-1, -min(depth, max(4, depth // 2)) - 1, -1))
 
 
 def grid_resolutions(enc: Encoder) -> list[int]:
@@ -70,13 +71,14 @@ def search(
     modes: list[str] | tuple[str, ...] = ("fixed", "varied"),
     resolutions: list[int] | None = None,
     layers: list[int] | None = None,
-    facets: list[str] | tuple[str, ...] = FACETS,
+    facets: list[str] | tuple[str, ...] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Scores every (resolution, layer, facet) of the grid on ``data_spec`` for each seed and
     mode (a folder: once). -> {"rows": [{resolution, layer, facet, score, by_mode: {mode:
     {ari, nmi, miou, image_share: mean over seeds}}}] best first, "best": rows[0], ...}."""
     resolutions = resolutions or grid_resolutions(enc)
+    facets = [check_facet(f, enc) for f in facets] if facets else facets_of(enc)
     layers = layers or grid_layers(enc.depth)
     bad = [la for la in layers if not -enc.depth <= la < enc.depth]
     if bad:

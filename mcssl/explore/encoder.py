@@ -31,7 +31,9 @@ from mcssl.models import ConceptHead, build_backbone
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "default.safetensors"
 SAFE_GLOBALS = [argparse.Namespace]  # reference / DINO checkpoints pickle their args
-FACETS = ("tokens", "keys")  # feature facets (mcssl.explore.features.block_features)
+# feature facets (mcssl.explore.features.block_features); the last needs a patch-concept head
+FACETS = ("tokens", "keys", "keys+concepts")
+HEAD_FACETS = ("keys+concepts",)
 log = logging.getLogger("mcssl")
 
 

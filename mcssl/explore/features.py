@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mcssl.explore.encoder import FACETS, Encoder
+from mcssl.explore.encoder import FACETS, HEAD_FACETS, Encoder, EncoderError
 from mcssl.images import MEAN, STD
 
 
@@ -27,7 +27,9 @@ class Settings:
     resolution: int = 224  # shorter side, pixels (rounded to a multiple of the patch size)
     max_side: int = 896  # cap on the longer side
     layer: int = -1  # block whose tokens are used (-1 = last, as in the paper)
-    facet: str = "tokens"  # tokens: the block's output (final LayerNorm); keys: its attention keys
+    # tokens: the block's output (final LayerNorm); keys: its attention keys; keys+concepts:
+    # the keys beside the pseudo-concept probabilities (see block_features)
+    facet: str = "tokens"
     batch_size: int = 16
     precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the CPU/GPU computes it natively)
 
@@ -64,10 +66,28 @@ PRECISIONS = ("fp32", "bf16", "auto")
 FALLBACK = {"resolution": 224, "layer": -1, "facet": "tokens"}  # without stored defaults
 
 
-def check_facet(facet: str) -> str:
+def check_facet(facet: str, enc: Encoder | None = None) -> str:
+    """``facet`` if it is one of FACETS and (given ``enc``) that encoder can compute it."""
     if facet not in FACETS:
         raise ValueError(f"facet must be one of {', '.join(FACETS)}, got {facet!r}")
+    if enc is not None and facet in HEAD_FACETS and not enc.has_concepts:
+        raise EncoderError(f"facet {facet} needs a patch-concept head, which this model lacks")
     return facet
+
+
+def facets_of(enc: Encoder) -> tuple[str, ...]:
+    """The facets ``enc`` can compute."""
+    return FACETS if enc.has_concepts else tuple(f for f in FACETS if f not in HEAD_FACETS)
+
+
+def with_concepts(keys: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """keys (..., C), probs (..., K) -> (..., C + K): the L2-normalised keys beside the
+    L2-normalised square roots of the probabilities (the Hellinger embedding of a distribution,
+    in which the Euclidean distance suits k-means), so each half weighs the same. The keys
+    separate regions within an image; the pseudo-concepts, trained to be shared across images,
+    make a region's cluster follow its kind across images (docs/RESULTS.md, round 5)."""
+    norm = torch.nn.functional.normalize
+    return torch.cat([norm(keys.float(), dim=-1), norm(probs.float().sqrt(), dim=-1)], -1)
 
 
 def chosen(
@@ -93,7 +113,8 @@ def block_features(
     -> {view: (B, N, C)}, (B, N, K) or None. ``tokens`` = the block's output normalised by
     the final LayerNorm (C = D); ``keys`` = the keys of the block's self-attention, all heads
     concatenated (C = heads x head dim), read from the attn.qkv projection by a forward hook
-    (after the attention's k_norm, as the attention uses them)."""
+    (after the attention's k_norm, as the attention uses them); ``keys+concepts`` =
+    ``with_concepts`` of those keys and the probabilities (C = heads x head dim + K)."""
     last, pre = enc.depth - 1, enc.backbone.num_prefix_tokens
     keys: dict[int, torch.Tensor] = {}
 
@@ -107,7 +128,9 @@ def block_features(
 
         return attn.qkv.register_forward_hook(hook)
 
-    handles = [grab(layer) for layer, facet in views if facet == "keys"]
+    for _, facet in views:
+        check_facet(facet, enc)
+    handles = [grab(layer) for layer in {la for la, facet in views if facet != "tokens"}]
     try:
         indices = sorted({layer for layer, facet in views if facet == "tokens"} | {last})
         if indices == [last]:  # forward_features is ~10% faster than forward_intermediates
@@ -122,7 +145,11 @@ def block_features(
             h.remove()
     by_idx = dict(zip(indices, outs, strict=True))
     probs = enc.concept_probs(by_idx[last]) if enc.has_concepts else None
-    return {(la, f): by_idx[la] if f == "tokens" else keys[la] for la, f in views}, probs
+    feats = {(la, f): by_idx[la] if f == "tokens" else keys[la] for la, f in views}
+    for la, f in views:
+        if f == "keys+concepts":
+            feats[(la, f)] = with_concepts(keys[la], probs)  # type: ignore[arg-type]
+    return feats, probs
 
 
 @lru_cache(maxsize=4)
@@ -166,7 +193,7 @@ class FeatureExtractor:
         self.encoder = encoder
         self.settings = settings or Settings()
         self.dtype = compute_dtype(self.settings.precision, encoder.device)
-        check_facet(self.settings.facet)
+        check_facet(self.settings.facet, encoder)
         self.cache: OrderedDict[tuple, ImageFeatures] = OrderedDict()
         self.cache_size = cache
         self.encoded = 0  # images run through the encoder so far (cache misses)
