@@ -95,6 +95,13 @@ def test_keys_with_concepts_are_both_halves_normalised_side_by_side(smoke_export
     torch.testing.assert_close(both.norm(dim=-1), torch.full((2, 20), 2**0.5))  # equal halves
 
 
+def test_the_cli_offers_the_library_facets() -> None:
+    from mcssl import cli
+    from mcssl.explore.encoder import FACETS
+
+    assert cli.FACETS == FACETS  # kept apart: importing the encoder module imports timm
+
+
 def test_a_checkpoint_without_a_head_has_no_concept_facet(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
