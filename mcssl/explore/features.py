@@ -145,11 +145,13 @@ def block_features(
             h.remove()
     by_idx = dict(zip(indices, outs, strict=True))
     probs = enc.concept_probs(by_idx[last]) if enc.has_concepts else None
-    feats = {(la, f): by_idx[la] if f == "tokens" else keys[la] for la, f in views}
-    for la, f in views:
-        if f == "keys+concepts":
-            feats[(la, f)] = with_concepts(keys[la], probs)  # type: ignore[arg-type]
-    return feats, probs
+
+    def view(la: int, f: str) -> torch.Tensor:
+        if f == "tokens":
+            return by_idx[la]
+        return keys[la] if f == "keys" else with_concepts(keys[la], probs)  # type: ignore[arg-type]
+
+    return {(la, f): view(la, f) for la, f in views}, probs
 
 
 @lru_cache(maxsize=4)
