@@ -136,6 +136,7 @@ class ShortcutConfig:
     image_centring: float = 0.0  # subtract this fraction of each image's mean teacher logit
     norm_pix: bool = False  # reconstruct per-patch normalised pixels (MAE's norm-pix)
     cross_view: bool = False  # also predict the other global crop's targets at the same place
+    cross_image: float = 0.0  # share of the concept term aimed at nearest tokens of other images
 
 
 @dataclass
@@ -291,6 +292,8 @@ def _validate_shortcut(cfg: Config) -> None:
             "shortcut.sinkhorn_iters must be >= 0 and shortcut.image_centring in [0, 1], got "
             f"{sc.sinkhorn_iters} and {sc.image_centring}"
         )
+    if not 0.0 <= sc.cross_image <= 1.0:
+        raise ConfigError(f"shortcut.cross_image must be in [0, 1], got {sc.cross_image}")
     if (sc.student_colour or sc.cross_view) and cfg.data.pipeline != "plain":
         raise ConfigError(
             "shortcut.student_colour and shortcut.cross_view need data.pipeline=plain"

@@ -95,10 +95,12 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        """x: (B, 3, H, W) clean -> patch_logits (B, N, K), cls_logits (B, K_cls) or None."""
+        """x: (B, 3, H, W) clean -> patch_logits (B, N, K), cls_logits (B, K_cls) or None,
+        tokens (B, N, D) (the backbone's, for ``shortcut.cross_image``)."""
         cls, tokens = encode(self.backbone, x)
         head = self.concept_head
         return {
+            "tokens": tokens,
             "patch_logits": head(tokens),
             "cls_logits": head.forward_cls(cls) if head.cls_layer is not None else None,
         }

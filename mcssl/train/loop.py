@@ -38,7 +38,7 @@ from mcssl.models import Student, Teacher, ema_pairs, ema_update
 from mcssl.train import distributed, monitor
 from mcssl.train.data import build_data
 from mcssl.train.gmml import GMMLParams, gmml_corrupt
-from mcssl.train.matching import cross_view_loss
+from mcssl.train.matching import cross_image_targets, cross_view_loss, soft_cross_entropy
 from mcssl.train.schedules import cosine_schedule, warmup_constant
 
 log = logging.getLogger(__name__)
@@ -320,6 +320,11 @@ class Trainer:
                 boxes = [v.to(dev) for v in batch["boxes"]]
                 cross = cross_view_loss(s["patch_logits"], p_t, boxes, cfg.loss.student_temp)
                 terms["concept"] = 0.5 * (terms["concept"] + cross)
+            if w := cfg.shortcut.cross_image:  # targets from the nearest tokens of other images
+                p_t = self.patch_loss.teacher_probs(t["patch_logits"], tt)
+                nn_t = cross_image_targets(p_t, t["tokens"], batch["global"][0].shape[0])
+                cross = soft_cross_entropy(s["patch_logits"], nn_t, cfg.loss.student_temp)
+                terms["concept"] = (1 - w) * terms["concept"] + w * cross
             weights = {
                 "recon": cfg.loss.recon_weight,
                 "concept": cfg.loss.concept_weight,

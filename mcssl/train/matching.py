@@ -94,3 +94,32 @@ def cross_view_loss(
         ce = -(target * F.log_softmax(s[a] / student_temp, dim=-1)).sum(-1)  # (B, N)
         terms.append((ce * valid).sum() / valid.sum().clamp_min(1))
     return torch.stack(terms).mean()
+
+
+@torch.no_grad()
+def cross_image_targets(
+    teacher_probs: torch.Tensor, features: torch.Tensor, sources: int
+) -> torch.Tensor:
+    """``shortcut.cross_image`` (CrIBo, NeCo, Hummingbird: positives from other images): each
+    token's target becomes the teacher's target at its nearest token, by cosine of the
+    teacher's features, in *another* image of the batch, so a token cannot be rewarded for
+    what only its own image has. Views come first: row i is a crop of source image
+    ``i % sources``, and crops of one source never pair. teacher_probs: (V*B, N, K),
+    features: (V*B, N, D), sources = B -> (V*B, N, K)."""
+    b, n, k = teacher_probs.shape
+    f = F.normalize(features.detach().float().reshape(b * n, -1), dim=-1)
+    image = (torch.arange(b, device=f.device) % sources).repeat_interleave(n)
+    nearest = torch.empty(b * n, dtype=torch.long, device=f.device)
+    for rows in torch.arange(b * n, device=f.device).split(4096):  # (4096, B*N) at a time
+        sim = f[rows] @ f.T
+        sim.masked_fill_(image[rows, None] == image[None, :], float("-inf"))
+        nearest[rows] = sim.argmax(1)
+    return teacher_probs.reshape(b * n, k)[nearest].reshape(b, n, k)
+
+
+def soft_cross_entropy(
+    student_logits: torch.Tensor, targets: torch.Tensor, student_temp: float
+) -> torch.Tensor:
+    """``-sum_j t log softmax(s / tau)``, averaged over tokens. (..., K), (..., K) -> scalar."""
+    log_p = F.log_softmax(student_logits.float() / student_temp, dim=-1)
+    return -(targets * log_p).sum(-1).mean()
