@@ -32,6 +32,7 @@ NEW_KEYS: dict[str, Any] = {
     "shortcut.image_centring": 0.0,
     "shortcut.norm_pix": False,
     "shortcut.cross_view": False,
+    "shortcut.cross_image": 0.0,
 }
 
 # Every value reference_vits16 sets, and where the reference code has it.

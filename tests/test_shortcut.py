@@ -18,7 +18,13 @@ from mcssl.config import ConfigError, ShortcutConfig, load_config
 from mcssl.losses import CenteredCrossEntropy, norm_pix
 from mcssl.losses.concept import sinkhorn_knopp
 from mcssl.train.data import MEAN, STD, UnlabelledImages
-from mcssl.train.matching import correspondence, crop_with_box, cross_view_loss, sample_at
+from mcssl.train.matching import (
+    correspondence,
+    crop_with_box,
+    cross_image_targets,
+    cross_view_loss,
+    sample_at,
+)
 
 
 def _marginals(q: torch.Tensor) -> torch.Tensor:
@@ -140,6 +146,9 @@ def test_levers_are_off_in_every_bundled_recipe_and_checked() -> None:
     off = ShortcutConfig()
     levers = (off.sinkhorn_iters, off.student_colour, off.image_centring, off.norm_pix)
     assert levers == (0, False, 0.0, False) and off.cross_view is False
+    assert off.cross_image == 0.0
+    with pytest.raises(ConfigError, match="cross_image"):
+        load_config("smoke", ["shortcut.cross_image=1.5"])
     with pytest.raises(ConfigError, match="image_centring"):
         load_config("smoke", ["shortcut.image_centring=1.5"])
     with pytest.raises(ConfigError, match="pipeline=plain"):
@@ -199,6 +208,24 @@ def test_cross_view_data_gives_boxes_and_the_config_checks_it() -> None:
     assert all(0 <= float(b[0]) < float(b[2]) <= 1 for b in item["boxes"])
     with pytest.raises(ConfigError, match="global_crops >= 2"):
         load_config("smoke", ["data.global_crops=1", "shortcut.cross_view=true"])
+
+
+def test_cross_image_targets_come_from_the_nearest_token_of_another_image() -> None:
+    g = torch.Generator().manual_seed(5)
+    feats = torch.randn(6, 9, 16, generator=g)  # V=2 crops x B=3 images, 9 tokens, D = 16
+    feats[3:] = feats[:3] + 0.01 * torch.randn(3, 9, 16, generator=g)  # crop 2 ~ crop 1
+    probs = torch.softmax(torch.randn(6, 9, 8, generator=g), -1)
+    got = cross_image_targets(probs, feats, sources=3)
+    f = torch.nn.functional.normalize(feats.reshape(54, 16), dim=-1)
+    sim = f @ f.T
+    source = (torch.arange(6) % 3).repeat_interleave(9)
+    for row in range(54):
+        others = (source != source[row]).nonzero().flatten()  # not its image, not its twin crop
+        best = others[sim[row, others].argmax()]
+        assert torch.equal(got.reshape(54, 8)[row], probs.reshape(54, 8)[best])
+    # a token planted as a scaled copy of a token of image 1 takes that token's target
+    feats[0, 0] = 3.0 * feats[1, 4]
+    assert torch.equal(cross_image_targets(probs, feats, sources=3)[0, 0], probs[1, 4])
 
 
 def _cols(t: torch.Tensor, u: list[float]) -> torch.Tensor:
