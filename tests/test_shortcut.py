@@ -18,6 +18,7 @@ from mcssl.config import ConfigError, ShortcutConfig, load_config
 from mcssl.losses import CenteredCrossEntropy, norm_pix
 from mcssl.losses.concept import sinkhorn_knopp
 from mcssl.train.data import MEAN, STD, UnlabelledImages
+from mcssl.train.device_aug import mosaic
 from mcssl.train.matching import (
     correspondence,
     crop_with_box,
@@ -146,7 +147,7 @@ def test_levers_are_off_in_every_bundled_recipe_and_checked() -> None:
     off = ShortcutConfig()
     levers = (off.sinkhorn_iters, off.student_colour, off.image_centring, off.norm_pix)
     assert levers == (0, False, 0.0, False) and off.cross_view is False
-    assert off.cross_image == 0.0
+    assert off.cross_image == 0.0 and off.mosaic is False
     with pytest.raises(ConfigError, match="cross_image"):
         load_config("smoke", ["shortcut.cross_image=1.5"])
     with pytest.raises(ConfigError, match="image_centring"):
@@ -226,6 +227,24 @@ def test_cross_image_targets_come_from_the_nearest_token_of_another_image() -> N
     # a token planted as a scaled copy of a token of image 1 takes that token's target
     feats[0, 0] = 3.0 * feats[1, 4]
     assert torch.equal(cross_image_targets(probs, feats, sources=3)[0, 0], probs[1, 4])
+
+
+def test_mosaic_puts_four_images_at_their_own_places_in_every_input() -> None:
+    b = 5
+    x = torch.arange(b, dtype=torch.float32)[:, None, None, None].expand(b, 3, 8, 8).clone()
+    x += torch.linspace(0, 0.5, 8)[None, None, :, None]  # rows differ: places are checked too
+    out = mosaic(x)
+    quads = [(0, 0), (0, 4), (4, 0), (4, 4)]  # row-major (top, left) of each 4 x 4 quadrant
+    for i in range(b):
+        sources = []
+        for q, (r, c) in enumerate(quads):
+            got = out[i, :, r : r + 4, c : c + 4]
+            want = x[(i + q) % b, :, r : r + 4, c : c + 4]  # image i + q, the same place
+            assert torch.equal(got, want)
+            sources.append(int(got[0, 0, 0]))
+        assert len(set(sources)) == 4  # four different images in every input
+    with pytest.raises(ConfigError, match="mosaic"):
+        load_config("smoke", ["shortcut.mosaic=true", "shortcut.cross_image=0.5"])
 
 
 def _cols(t: torch.Tensor, u: list[float]) -> torch.Tensor:

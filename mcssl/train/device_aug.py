@@ -193,3 +193,21 @@ def augment_views(
         p_sol = torch.tensor(list(solarise)).repeat_interleave(b)
         x = solarize(x, torch.rand(n, generator=gen) < p_sol)
     return list(normalise(x).split(b))
+
+
+def mosaic(x: torch.Tensor) -> torch.Tensor:
+    """``shortcut.mosaic``: quadrant q (row-major) of input i is quadrant q of input
+    (i + q) mod B, so each input shows four images, each at its own place, and no image-wide
+    cue (colour cast, lighting) is shared by all of an input's tokens. x: (B, C, H, W) -> same."""
+    h, w = x.shape[-2] // 2, x.shape[-1] // 2
+    out = x.clone()
+    for q, (rows, cols) in enumerate(
+        [
+            (slice(0, h), slice(0, w)),
+            (slice(0, h), slice(w, None)),
+            (slice(h, None), slice(0, w)),
+            (slice(h, None), slice(w, None)),
+        ]
+    ):
+        out[..., rows, cols] = x.roll(-q, 0)[..., rows, cols]
+    return out

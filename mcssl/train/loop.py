@@ -37,6 +37,7 @@ from mcssl.losses import (
 from mcssl.models import Student, Teacher, ema_pairs, ema_update
 from mcssl.train import distributed, monitor
 from mcssl.train.data import build_data
+from mcssl.train.device_aug import mosaic
 from mcssl.train.gmml import GMMLParams, gmml_corrupt
 from mcssl.train.matching import cross_image_targets, cross_view_loss, soft_cross_entropy
 from mcssl.train.schedules import cosine_schedule, warmup_constant
@@ -306,6 +307,8 @@ class Trainer:
         # the reconstruction target follows them; else student and teacher share the view
         own = batch.get("student")
         xs = torch.cat([v.to(dev, non_blocking=True) for v in own]) if own else x
+        if cfg.shortcut.mosaic:  # the same mosaic for both: tokens stay aligned
+            x, xs = mosaic(x), mosaic(xs)
         # a per-step seed keeps corruption reproducible across resumes without saving RNG state
         self.gen.manual_seed(hash((cfg.run.seed, self.dist.rank, i)) & 0x7FFF_FFFF_FFFF)
         corrupted, mask = gmml_corrupt(xs, cfg.model.patch_size, self.gmml, self.gen)
