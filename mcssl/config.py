@@ -137,6 +137,7 @@ class ShortcutConfig:
     norm_pix: bool = False  # reconstruct per-patch normalised pixels (MAE's norm-pix)
     cross_view: bool = False  # also predict the other global crop's targets at the same place
     cross_image: float = 0.0  # share of the concept term aimed at nearest tokens of other images
+    cross_image_centred: bool = False  # find those neighbours after removing each image's mean
     mosaic: bool = False  # each training input: quadrants of four images of the batch
 
 
@@ -295,6 +296,8 @@ def _validate_shortcut(cfg: Config) -> None:
         )
     if not 0.0 <= sc.cross_image <= 1.0:
         raise ConfigError(f"shortcut.cross_image must be in [0, 1], got {sc.cross_image}")
+    if sc.cross_image_centred and not sc.cross_image:
+        raise ConfigError("shortcut.cross_image_centred needs shortcut.cross_image > 0")
     if sc.mosaic and (sc.cross_view or sc.cross_image):
         raise ConfigError("shortcut.mosaic does not combine with cross_view or cross_image")
     if sc.mosaic and (cfg.model.img_size // 2) % cfg.model.patch_size:

@@ -33,6 +33,7 @@ NEW_KEYS: dict[str, Any] = {
     "shortcut.norm_pix": False,
     "shortcut.cross_view": False,
     "shortcut.cross_image": 0.0,
+    "shortcut.cross_image_centred": False,
     "shortcut.mosaic": False,
 }
 

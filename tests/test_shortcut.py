@@ -150,6 +150,8 @@ def test_levers_are_off_in_every_bundled_recipe_and_checked() -> None:
     assert off.cross_image == 0.0 and off.mosaic is False
     with pytest.raises(ConfigError, match="cross_image"):
         load_config("smoke", ["shortcut.cross_image=1.5"])
+    with pytest.raises(ConfigError, match="cross_image_centred"):
+        load_config("smoke", ["shortcut.cross_image_centred=true"])
     with pytest.raises(ConfigError, match="image_centring"):
         load_config("smoke", ["shortcut.image_centring=1.5"])
     with pytest.raises(ConfigError, match="pipeline=plain"):
@@ -227,6 +229,23 @@ def test_cross_image_targets_come_from_the_nearest_token_of_another_image() -> N
     # a token planted as a scaled copy of a token of image 1 takes that token's target
     feats[0, 0] = 3.0 * feats[1, 4]
     assert torch.equal(cross_image_targets(probs, feats, sources=3)[0, 0], probs[1, 4])
+
+
+def test_centred_cross_image_neighbours_ignore_what_a_whole_image_shares() -> None:
+    g = torch.Generator().manual_seed(6)
+    parts = torch.randn(4, 16, generator=g)  # four kinds of token, shared by images 0 and 1
+    cast = torch.randn(3, 16, generator=g) * 4  # a strong per-image cast (colour, light)
+    cast[2] = cast[0] + 0.1 * torch.randn(16, generator=g)  # image 2 looks like image 0
+    feats = torch.stack(
+        [parts + cast[0], parts + cast[1], torch.randn(4, 16, generator=g) + cast[2]]
+    )
+    probs = torch.softmax(torch.randn(3, 4, 8, generator=g), -1)
+    # uncentred, image 0's tokens all pick the look-alike image 2
+    plain = cross_image_targets(probs, feats, sources=3)
+    assert all(any(torch.equal(plain[0, j], probs[2, m]) for m in range(4)) for j in range(4))
+    # centred, each picks the same kind of token in image 1
+    centred = cross_image_targets(probs, feats, sources=3, centred=True)
+    assert torch.equal(centred[0], probs[1])
 
 
 def test_mosaic_puts_four_images_at_their_own_places_in_every_input() -> None:

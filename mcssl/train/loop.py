@@ -325,7 +325,8 @@ class Trainer:
                 terms["concept"] = 0.5 * (terms["concept"] + cross)
             if w := cfg.shortcut.cross_image:  # targets from the nearest tokens of other images
                 p_t = self.patch_loss.teacher_probs(t["patch_logits"], tt)
-                nn_t = cross_image_targets(p_t, t["tokens"], batch["global"][0].shape[0])
+                centred, sources = cfg.shortcut.cross_image_centred, batch["global"][0].shape[0]
+                nn_t = cross_image_targets(p_t, t["tokens"], sources, centred)
                 cross = soft_cross_entropy(s["patch_logits"], nn_t, cfg.loss.student_temp)
                 terms["concept"] = (1 - w) * terms["concept"] + w * cross
             weights = {

@@ -98,16 +98,21 @@ def cross_view_loss(
 
 @torch.no_grad()
 def cross_image_targets(
-    teacher_probs: torch.Tensor, features: torch.Tensor, sources: int
+    teacher_probs: torch.Tensor, features: torch.Tensor, sources: int, centred: bool = False
 ) -> torch.Tensor:
     """``shortcut.cross_image`` (CrIBo, NeCo, Hummingbird: positives from other images): each
     token's target becomes the teacher's target at its nearest token, by cosine of the
     teacher's features, in *another* image of the batch, so a token cannot be rewarded for
     what only its own image has. Views come first: row i is a crop of source image
-    ``i % sources``, and crops of one source never pair. teacher_probs: (V*B, N, K),
-    features: (V*B, N, D), sources = B -> (V*B, N, K)."""
+    ``i % sources``, and crops of one source never pair. ``centred`` subtracts each crop's
+    mean token first: what all of an image's tokens share (its colour cast, its lighting)
+    then cannot pick the neighbour's image. teacher_probs: (V*B, N, K), features:
+    (V*B, N, D), sources = B -> (V*B, N, K)."""
     b, n, k = teacher_probs.shape
-    f = F.normalize(features.detach().float().reshape(b * n, -1), dim=-1)
+    f = features.detach().float()
+    if centred:
+        f = f - f.mean(1, keepdim=True)
+    f = F.normalize(f.reshape(b * n, -1), dim=-1)
     image = (torch.arange(b, device=f.device) % sources).repeat_interleave(n)
     nearest = torch.empty(b * n, dtype=torch.long, device=f.device)
     for rows in torch.arange(b * n, device=f.device).split(4096):  # (4096, B*N) at a time
