@@ -1,5 +1,5 @@
 from mcssl.losses.combine import combine_losses
-from mcssl.losses.concept import CenteredCrossEntropy, MultiViewCrossEntropy
+from mcssl.losses.concept import CenteredCrossEntropy, MultiViewCrossEntropy, soft_cross_entropy
 from mcssl.losses.recon import norm_pix, reconstruction_loss
 
 __all__ = [
@@ -8,4 +8,5 @@ __all__ = [
     "combine_losses",
     "norm_pix",
     "reconstruction_loss",
+    "soft_cross_entropy",
 ]

@@ -45,6 +45,16 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def soft_cross_entropy(
+    student_logits: torch.Tensor, targets: torch.Tensor, student_temp: float
+) -> torch.Tensor:
+    """``-sum_j t log softmax(s / tau_s)``, averaged over tokens, in fp32 also under autocast.
+    student_logits, targets: (..., K) -> scalar."""
+    with _fp32(student_logits):
+        log_p_s = F.log_softmax(student_logits.float() / student_temp, dim=-1)
+        return -(targets * log_p_s).sum(-1).mean()
+
+
 class CenteredCrossEntropy(nn.Module):
     """``-sum_j p_t log p_s``, ``p_t = softmax((z_t - c) / tau_t)``, ``p_s = softmax(z_s / tau_s)``.
 
@@ -85,9 +95,7 @@ class CenteredCrossEntropy(nn.Module):
     ) -> torch.Tensor:
         """Patch form: student/teacher logits (B, N, K), token-aligned -> mean over B*N tokens."""
         p_t = self.teacher_probs(teacher_logits, teacher_temp)
-        with _fp32(student_logits):
-            log_p_s = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
-            return -(p_t * log_p_s).sum(-1).mean()
+        return soft_cross_entropy(student_logits, p_t, self.student_temp)
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:

@@ -33,13 +33,14 @@ from mcssl.losses import (
     combine_losses,
     norm_pix,
     reconstruction_loss,
+    soft_cross_entropy,
 )
 from mcssl.models import Student, Teacher, ema_pairs, ema_update
 from mcssl.train import distributed, monitor
 from mcssl.train.data import build_data
 from mcssl.train.device_aug import mosaic
 from mcssl.train.gmml import GMMLParams, gmml_corrupt
-from mcssl.train.matching import cross_image_targets, cross_view_loss, soft_cross_entropy
+from mcssl.train.matching import cross_image_targets, cross_view_loss
 from mcssl.train.schedules import cosine_schedule, warmup_constant
 
 log = logging.getLogger(__name__)
@@ -318,15 +319,16 @@ class Trainer:
             t = self.teacher_fwd(x)
             s = self.model(corrupted, local)
             terms = self._loss_terms(s, t, target, mask, tt)
-            if cfg.shortcut.cross_view:  # half token-aligned, half the other crop's location
+            sc = cfg.shortcut
+            if sc.cross_view or sc.cross_image:  # the levers' targets, computed once
                 p_t = self.patch_loss.teacher_probs(t["patch_logits"], tt)
+            if sc.cross_view:  # half token-aligned, half the other crop's location
                 boxes = [v.to(dev) for v in batch["boxes"]]
                 cross = cross_view_loss(s["patch_logits"], p_t, boxes, cfg.loss.student_temp)
                 terms["concept"] = 0.5 * (terms["concept"] + cross)
-            if w := cfg.shortcut.cross_image:  # targets from the nearest tokens of other images
-                p_t = self.patch_loss.teacher_probs(t["patch_logits"], tt)
-                centred, sources = cfg.shortcut.cross_image_centred, batch["global"][0].shape[0]
-                nn_t = cross_image_targets(p_t, t["tokens"], sources, centred)
+            if w := sc.cross_image:  # targets from the nearest tokens of other images
+                sources = batch["global"][0].shape[0]
+                nn_t = cross_image_targets(p_t, t["tokens"], sources, sc.cross_image_centred)
                 cross = soft_cross_entropy(s["patch_logits"], nn_t, cfg.loss.student_temp)
                 terms["concept"] = (1 - w) * terms["concept"] + w * cross
             weights = {

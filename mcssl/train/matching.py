@@ -120,11 +120,3 @@ def cross_image_targets(
         sim.masked_fill_(image[rows, None] == image[None, :], float("-inf"))
         nearest[rows] = sim.argmax(1)
     return teacher_probs.reshape(b * n, k)[nearest].reshape(b, n, k)
-
-
-def soft_cross_entropy(
-    student_logits: torch.Tensor, targets: torch.Tensor, student_temp: float
-) -> torch.Tensor:
-    """``-sum_j t log softmax(s / tau)``, averaged over tokens. (..., K), (..., K) -> scalar."""
-    log_p = F.log_softmax(student_logits.float() / student_temp, dim=-1)
-    return -(targets * log_p).sum(-1).mean()
