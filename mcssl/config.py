@@ -139,6 +139,7 @@ class ShortcutConfig:
     cross_image: float = 0.0  # share of the concept term aimed at nearest tokens of other images
     cross_image_centred: bool = False  # find those neighbours after removing each image's mean
     mosaic: bool = False  # each training input: quadrants of four images of the batch
+    teacher_grey: float = 0.0  # chance per image that the teacher sees its view in grey
 
 
 @dataclass
@@ -296,6 +297,8 @@ def _validate_shortcut(cfg: Config) -> None:
         )
     if not 0.0 <= sc.cross_image <= 1.0:
         raise ConfigError(f"shortcut.cross_image must be in [0, 1], got {sc.cross_image}")
+    if not 0.0 <= sc.teacher_grey <= 1.0:
+        raise ConfigError(f"shortcut.teacher_grey must be in [0, 1], got {sc.teacher_grey}")
     if sc.cross_image_centred and not sc.cross_image:
         raise ConfigError("shortcut.cross_image_centred needs shortcut.cross_image > 0")
     if sc.mosaic and (sc.cross_view or sc.cross_image):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from mcssl.images import normalise
+from mcssl.images import denormalise, normalise
 
 JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
 P_JITTER, P_GREY, P_BLUR, P_FLIP = 0.8, 0.2, 0.5, 0.5  # P_BLUR: unless given per view
@@ -211,3 +211,10 @@ def mosaic(x: torch.Tensor) -> torch.Tensor:
     ):
         out[..., rows, cols] = x.roll(-q, 0)[..., rows, cols]
     return out
+
+
+def grey_inputs(x: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+    """``shortcut.teacher_grey``: the inputs where ``apply`` (B,) bool, in grey (luma in all three
+    channels). x: (B, 3, H, W) normalised -> the same, normalised."""
+    grey = normalise(_grey(denormalise(x)).expand(-1, 3, -1, -1))
+    return torch.where(apply.view(-1, 1, 1, 1), grey.to(x.dtype), x)

@@ -38,7 +38,7 @@ from mcssl.losses import (
 from mcssl.models import Student, Teacher, ema_pairs, ema_update
 from mcssl.train import distributed, monitor
 from mcssl.train.data import build_data
-from mcssl.train.device_aug import mosaic
+from mcssl.train.device_aug import grey_inputs, mosaic
 from mcssl.train.gmml import GMMLParams, gmml_corrupt
 from mcssl.train.matching import cross_image_targets, cross_view_loss
 from mcssl.train.schedules import cosine_schedule, warmup_constant
@@ -314,6 +314,8 @@ class Trainer:
         self.gen.manual_seed(hash((cfg.run.seed, self.dist.rank, i)) & 0x7FFF_FFFF_FFFF)
         corrupted, mask = gmml_corrupt(xs, cfg.model.patch_size, self.gmml, self.gen)
         target = norm_pix(xs, cfg.model.patch_size) if cfg.shortcut.norm_pix else xs
+        if p := cfg.shortcut.teacher_grey:  # hue-free targets; drawn after GMML, which stays put
+            x = grey_inputs(x, torch.rand(len(x), generator=self.gen, device=dev) < p)
         tt = float(self.sched.teacher_temp[i])
         with self._autocast():
             t = self.teacher_fwd(x)
