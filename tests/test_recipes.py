@@ -35,6 +35,7 @@ NEW_KEYS: dict[str, Any] = {
     "shortcut.cross_image": 0.0,
     "shortcut.cross_image_centred": False,
     "shortcut.mosaic": False,
+    "shortcut.teacher_grey": 0.0,
 }
 
 # Every value reference_vits16 sets, and where the reference code has it.

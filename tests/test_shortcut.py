@@ -15,10 +15,12 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from mcssl.config import ConfigError, ShortcutConfig, load_config
+from mcssl.images import denormalise
 from mcssl.losses import CenteredCrossEntropy, norm_pix
 from mcssl.losses.concept import sinkhorn_knopp
 from mcssl.train.data import MEAN, STD, UnlabelledImages
-from mcssl.train.device_aug import mosaic
+from mcssl.train.device_aug import grey_inputs, mosaic
+from mcssl.train.loop import Trainer
 from mcssl.train.matching import (
     correspondence,
     crop_with_box,
@@ -147,7 +149,9 @@ def test_levers_are_off_in_every_bundled_recipe_and_checked() -> None:
     off = ShortcutConfig()
     levers = (off.sinkhorn_iters, off.student_colour, off.image_centring, off.norm_pix)
     assert levers == (0, False, 0.0, False) and off.cross_view is False
-    assert off.cross_image == 0.0 and off.mosaic is False
+    assert off.cross_image == 0.0 and off.mosaic is False and off.teacher_grey == 0.0
+    with pytest.raises(ConfigError, match="teacher_grey"):
+        load_config("smoke", ["shortcut.teacher_grey=2"])
     with pytest.raises(ConfigError, match="cross_image"):
         load_config("smoke", ["shortcut.cross_image=1.5"])
     with pytest.raises(ConfigError, match="cross_image_centred"):
@@ -264,6 +268,41 @@ def test_mosaic_puts_four_images_at_their_own_places_in_every_input() -> None:
         assert len(set(sources)) == 4  # four different images in every input
     with pytest.raises(ConfigError, match="mosaic"):
         load_config("smoke", ["shortcut.mosaic=true", "shortcut.cross_image=0.5"])
+
+
+def test_grey_inputs_keep_only_luma_and_only_where_asked() -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 3, 8, 8, generator=g)  # normalised inputs
+    apply = torch.tensor([True, False, True, False])
+    out = grey_inputs(x, apply)
+    assert torch.equal(out[~apply], x[~apply])
+    rgb, grey = denormalise(x[apply]), denormalise(out[apply])
+    assert (grey[:, 0] - grey[:, 1]).abs().max() < 1e-5  # no hue left: R = G = B
+    assert (grey[:, 1] - grey[:, 2]).abs().max() < 1e-5
+    luma = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
+    assert grey[:, 0] == pytest.approx(luma, abs=1e-5)
+
+
+def test_teacher_grey_greys_the_teachers_view_only(tmp_path) -> None:
+    over = ["shortcut.teacher_grey=1.0", "shortcut.student_colour=true", "optim.warmup_epochs=0"]
+    trainer = Trainer(load_config("smoke", over), tmp_path / "grey")
+    seen: dict[str, torch.Tensor] = {}
+
+    def recording(fn, key: str):  # keeps what each network was fed, in [0, 1]
+        def call(x: torch.Tensor, *rest):
+            seen[key] = denormalise(x)
+            return fn(x, *rest)
+
+        return call
+
+    trainer.teacher_fwd = recording(trainer.teacher_fwd, "t")
+    trainer.model = recording(trainer.model, "s")
+    batch = trainer.data.views(next(iter(trainer.data.loader)), 0, trainer.dist.device)
+    terms = trainer.train_step(batch)
+    assert all(torch.isfinite(v) for v in terms.values())
+    t, s = seen["t"], seen["s"]
+    assert (t[:, 0] - t[:, 1]).abs().max() < 1e-5 and (t[:, 1] - t[:, 2]).abs().max() < 1e-5
+    assert (s[:, 0] - s[:, 1]).abs().max() > 0.05  # the student still sees colour
 
 
 def _cols(t: torch.Tensor, u: list[float]) -> torch.Tensor:
