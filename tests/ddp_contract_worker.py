@@ -31,6 +31,7 @@ def main(inp: str, out: str) -> None:
         "lr": tr.optimizer.param_groups[0]["lr"],
     }
     torch.save(result, Path(out) / f"rank{rank}.pt")
+    del tr  # its DDP wrapper goes before the process group
     teardown()
 
 

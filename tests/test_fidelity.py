@@ -185,6 +185,7 @@ rank = trainer.dist.rank
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
     json.dump({k: float(v) for k, v in terms.items()}, f)
 trainer.write_metrics(terms, 1, 1.0, 0.0)
+del trainer  # its DDP wrapper goes before the process group
 distributed.teardown()
 """
 

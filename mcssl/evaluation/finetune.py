@@ -209,5 +209,6 @@ def finetune(
     }
     if d.is_main:
         (out / "results.json").write_text(json.dumps(results, indent=1))
+    del wrapped  # the DDP wrapper goes before its process group (distributed.teardown)
     distributed.teardown()
     return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from dataclasses import dataclass
@@ -41,7 +42,12 @@ def setup(device: str = "auto") -> DistInfo:
 
 
 def teardown() -> None:
+    """Ends the process group; call it after dropping every DDP wrapper. A wrapper still alive
+    keeps gloo's worker threads until the interpreter's own shutdown, where they can abort the
+    process after a successful run ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()  # wrappers held only by reference cycles go now, while Python is alive
+        dist.barrier()  # every rank is done with its collectives before any tears down
         dist.destroy_process_group()
 
 
