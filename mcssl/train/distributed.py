@@ -47,7 +47,6 @@ def teardown() -> None:
     process after a successful run ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
         gc.collect()  # wrappers held only by reference cycles go now, while Python is alive
-        dist.barrier()  # every rank is done with its collectives before any tears down
         dist.destroy_process_group()
 
 
