@@ -298,7 +298,7 @@ class Trainer:
         return terms
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        cfg, i, dev = self.cfg, self.step, self.dist.device
+        cfg, sc, i, dev = self.cfg, self.cfg.shortcut, self.step, self.dist.device
         for g in self.optimizer.param_groups:
             g["lr"] = float(self.sched.lr[i])
             g["weight_decay"] = float(self.sched.wd[i]) if g["decay"] else 0.0
@@ -308,20 +308,19 @@ class Trainer:
         # the reconstruction target follows them; else student and teacher share the view
         own = batch.get("student")
         xs = torch.cat([v.to(dev, non_blocking=True) for v in own]) if own else x
-        if cfg.shortcut.mosaic:  # the same mosaic for both: tokens stay aligned
+        if sc.mosaic:  # the same mosaic for both: tokens stay aligned
             x, xs = mosaic(x), mosaic(xs)
         # a per-step seed keeps corruption reproducible across resumes without saving RNG state
         self.gen.manual_seed(hash((cfg.run.seed, self.dist.rank, i)) & 0x7FFF_FFFF_FFFF)
         corrupted, mask = gmml_corrupt(xs, cfg.model.patch_size, self.gmml, self.gen)
-        target = norm_pix(xs, cfg.model.patch_size) if cfg.shortcut.norm_pix else xs
-        if p := cfg.shortcut.teacher_grey:  # hue-free targets; drawn after GMML, which stays put
+        target = norm_pix(xs, cfg.model.patch_size) if sc.norm_pix else xs
+        if p := sc.teacher_grey:  # hue-free targets; drawn after GMML, which stays put
             x = grey_inputs(x, torch.rand(len(x), generator=self.gen, device=dev) < p)
         tt = float(self.sched.teacher_temp[i])
         with self._autocast():
             t = self.teacher_fwd(x)
             s = self.model(corrupted, local)
             terms = self._loss_terms(s, t, target, mask, tt)
-            sc = cfg.shortcut
             if sc.cross_view or sc.cross_image:  # the levers' targets, computed once
                 p_t = self.patch_loss.teacher_probs(t["patch_logits"], tt)
             if sc.cross_view:  # half token-aligned, half the other crop's location
