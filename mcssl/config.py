@@ -140,6 +140,7 @@ class ShortcutConfig:
     cross_image_centred: bool = False  # find those neighbours after removing each image's mean
     mosaic: bool = False  # each training input: quadrants of four images of the batch
     teacher_grey: float = 0.0  # chance per image that the teacher sees its view in grey
+    recon_grey: bool = False  # the reconstruction target is the student's view in grey
 
 
 @dataclass

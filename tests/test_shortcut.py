@@ -150,6 +150,7 @@ def test_levers_are_off_in_every_bundled_recipe_and_checked() -> None:
     levers = (off.sinkhorn_iters, off.student_colour, off.image_centring, off.norm_pix)
     assert levers == (0, False, 0.0, False) and off.cross_view is False
     assert off.cross_image == 0.0 and off.mosaic is False and off.teacher_grey == 0.0
+    assert off.recon_grey is False
     with pytest.raises(ConfigError, match="teacher_grey"):
         load_config("smoke", ["shortcut.teacher_grey=2"])
     with pytest.raises(ConfigError, match="cross_image"):
@@ -303,6 +304,31 @@ def test_teacher_grey_greys_the_teachers_view_only(tmp_path) -> None:
     t, s = seen["t"], seen["s"]
     assert (t[:, 0] - t[:, 1]).abs().max() < 1e-5 and (t[:, 1] - t[:, 2]).abs().max() < 1e-5
     assert (s[:, 0] - s[:, 1]).abs().max() > 0.05  # the student still sees colour
+
+
+@pytest.mark.parametrize("grey", [True, False])
+def test_recon_grey_asks_the_decoder_for_luminance_only(tmp_path, grey: bool) -> None:
+    over = [f"shortcut.recon_grey={str(grey).lower()}", "optim.warmup_epochs=0"]
+    trainer = Trainer(load_config("smoke", over), tmp_path / "rg")
+    seen: dict[str, torch.Tensor] = {}
+    fwd, terms_fn = trainer.teacher_fwd, trainer._loss_terms
+
+    def teacher(x: torch.Tensor):  # the clean view, which is also the student's (no levers)
+        seen["view"] = denormalise(x)
+        return fwd(x)
+
+    def terms(s, t, target, mask, tt):
+        seen["target"] = denormalise(target)
+        return terms_fn(s, t, target, mask, tt)
+
+    trainer.teacher_fwd, trainer._loss_terms = teacher, terms
+    trainer.train_step(trainer.data.views(next(iter(trainer.data.loader)), 0, trainer.dist.device))
+    view, target = seen["view"], seen["target"]
+    luma = 0.299 * view[:, 0] + 0.587 * view[:, 1] + 0.114 * view[:, 2]
+    if grey:  # R = G = B = the view's luma
+        assert (target - luma[:, None]).abs().max() < 1e-4
+    else:  # off: the coloured view itself, as before
+        assert (target - view).abs().max() < 1e-5 and (view[:, 0] - view[:, 1]).abs().max() > 0.05
 
 
 def _cols(t: torch.Tensor, u: list[float]) -> torch.Tensor:
