@@ -69,5 +69,7 @@ def main(mode: str, specs: list[str], centred: bool) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    centred = args[0] == "--centred"
+    centred = bool(args) and args[0] == "--centred"
+    if len(args) < centred + 2:
+        sys.exit("usage: python docs/results/nn_probe.py [--centred] MODE CHECKPOINT...")
     main(args[centred], args[centred + 1 :], centred)

@@ -1,0 +1,72 @@
+"""The picture sheet of each round in docs/RESULTS.md (docs/img/roundNN_cocluster_k4.jpg).
+
+Writes the eight inputs (scenes 0-2 of seed 0 in the `fixed` mode, the astronaut and coffee
+photos, scenes 0-2 of seed 0 in the `varied` mode) to WORK/in, co-clusters them with each
+checkpoint at the default's read-out (`mcssl concepts --cocluster --k 4`, 128 px, block -6,
+keys+concepts) into WORK/NAME, and pastes the k = 4 overlays as 160 px thumbnails: a row of
+inputs, then one row per NAME (WORK defaults to runs/pics, which git ignores).
+
+    python docs/results/cocluster_sheet.py OUT.jpg NAME=CHECKPOINT... [--work DIR]
+"""
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from mcssl.images import sample_photos
+from mcssl.scenes import make_scenes, spec_for
+
+SIDE, PAD, LABEL = 160, 10, 90
+READOUT = ["--resolution", "128", "--layer", "-6", "--facet", "keys+concepts"]
+
+
+def write_inputs(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(img) for img, _ in make_scenes(3, seed=0, spec=spec_for("fixed"))]
+    photos = sample_photos()
+    images += [photos["astronaut"], photos["coffee"]]
+    images += [Image.fromarray(img) for img, _ in make_scenes(3, seed=0, spec=spec_for("varied"))]
+    names = ["fixed0", "fixed1", "fixed2", "astronaut", "coffee", "varied0", "varied1", "varied2"]
+    paths = [folder / f"{i}_{n}.png" for i, n in enumerate(names, 1)]
+    for img, path in zip(images, paths, strict=True):
+        img.convert("RGB").save(path)
+    return paths
+
+
+def sheet(rows: list[tuple[str, list[Path]]], out: Path) -> None:
+    width = LABEL + max(len(files) for _, files in rows) * (SIDE + PAD)
+    canvas = Image.new("RGB", (width, len(rows) * (SIDE + PAD)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (name, files) in enumerate(rows):
+        y = r * (SIDE + PAD)
+        draw.text((5, y + SIDE // 2), name, fill="black")
+        for c, path in enumerate(files):
+            im = Image.open(path).convert("RGB")
+            im.thumbnail((SIDE, SIDE))
+            canvas.paste(im, (LABEL + c * (SIDE + PAD), y))
+    canvas.save(out, quality=90)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("runs", nargs="+", help="NAME=CHECKPOINT (a run folder or an exported file)")
+    ap.add_argument("--work", type=Path, default=Path("runs/pics"))
+    args = ap.parse_args()
+    inputs = write_inputs(args.work / "in")
+    rows = [("input", inputs)]
+    for run in args.runs:
+        name, _, ckpt = run.partition("=")
+        folder = args.work / name
+        cmd = [sys.executable, "-m", "mcssl", "concepts", "--checkpoint", ckpt, *READOUT]
+        cmd += ["--cocluster", "--k", "4", "--out", str(folder), *map(str, inputs)]
+        subprocess.run(cmd, check=True)
+        rows.append((name, sorted(folder.glob("*_k4.png"))))
+    sheet(rows, args.out)
+
+
+if __name__ == "__main__":
+    main()
