@@ -140,7 +140,7 @@ class ShortcutConfig:
     cross_image_centred: bool = False  # find those neighbours after removing each image's mean
     mosaic: bool = False  # each training input: quadrants of four images of the batch
     teacher_grey: float = 0.0  # chance per image that the teacher sees its view in grey
-    recon_grey: bool = False  # the reconstruction target is the student's view in grey
+    recon_grey: float = 0.0  # chance per image that the reconstruction target is in grey
 
 
 @dataclass
@@ -298,8 +298,9 @@ def _validate_shortcut(cfg: Config) -> None:
         )
     if not 0.0 <= sc.cross_image <= 1.0:
         raise ConfigError(f"shortcut.cross_image must be in [0, 1], got {sc.cross_image}")
-    if not 0.0 <= sc.teacher_grey <= 1.0:
-        raise ConfigError(f"shortcut.teacher_grey must be in [0, 1], got {sc.teacher_grey}")
+    for key in ("teacher_grey", "recon_grey"):
+        if not 0.0 <= getattr(sc, key) <= 1.0:
+            raise ConfigError(f"shortcut.{key} must be in [0, 1], got {getattr(sc, key)}")
     if sc.cross_image_centred and not sc.cross_image:
         raise ConfigError("shortcut.cross_image_centred needs shortcut.cross_image > 0")
     if sc.mosaic and (sc.cross_view or sc.cross_image):

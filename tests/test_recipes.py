@@ -36,7 +36,7 @@ NEW_KEYS: dict[str, Any] = {
     "shortcut.cross_image_centred": False,
     "shortcut.mosaic": False,
     "shortcut.teacher_grey": 0.0,
-    "shortcut.recon_grey": False,
+    "shortcut.recon_grey": 0.0,
 }
 
 # Every value reference_vits16 sets, and where the reference code has it.

@@ -150,7 +150,9 @@ def test_levers_are_off_in_every_bundled_recipe_and_checked() -> None:
     levers = (off.sinkhorn_iters, off.student_colour, off.image_centring, off.norm_pix)
     assert levers == (0, False, 0.0, False) and off.cross_view is False
     assert off.cross_image == 0.0 and off.mosaic is False and off.teacher_grey == 0.0
-    assert off.recon_grey is False
+    assert off.recon_grey == 0.0
+    with pytest.raises(ConfigError, match="recon_grey"):
+        load_config("smoke", ["shortcut.recon_grey=-0.5"])
     with pytest.raises(ConfigError, match="teacher_grey"):
         load_config("smoke", ["shortcut.teacher_grey=2"])
     with pytest.raises(ConfigError, match="cross_image"):
@@ -306,9 +308,9 @@ def test_teacher_grey_greys_the_teachers_view_only(tmp_path) -> None:
     assert (s[:, 0] - s[:, 1]).abs().max() > 0.05  # the student still sees colour
 
 
-@pytest.mark.parametrize("grey", [True, False])
-def test_recon_grey_asks_the_decoder_for_luminance_only(tmp_path, grey: bool) -> None:
-    over = [f"shortcut.recon_grey={str(grey).lower()}", "optim.warmup_epochs=0"]
+@pytest.mark.parametrize("grey", [1.0, 0.0])
+def test_recon_grey_asks_the_decoder_for_luminance_only(tmp_path, grey: float) -> None:
+    over = [f"shortcut.recon_grey={grey}", "optim.warmup_epochs=0"]
     trainer = Trainer(load_config("smoke", over), tmp_path / "rg")
     seen: dict[str, torch.Tensor] = {}
     fwd, terms_fn = trainer.teacher_fwd, trainer._loss_terms

@@ -313,12 +313,9 @@ class Trainer:
         # a per-step seed keeps corruption reproducible across resumes without saving RNG state
         self.gen.manual_seed(hash((cfg.run.seed, self.dist.rank, i)) & 0x7FFF_FFFF_FFFF)
         corrupted, mask = gmml_corrupt(xs, cfg.model.patch_size, self.gmml, self.gen)
-        # recon_grey: luminance only, so no feature has to keep hue for the decoder
-        target = (
-            grey_inputs(xs, torch.ones(len(xs), dtype=torch.bool, device=dev))
-            if sc.recon_grey
-            else xs
-        )
+        target = xs
+        if p := sc.recon_grey:  # luminance only, so no token has to keep hue for the decoder
+            target = grey_inputs(xs, torch.rand(len(xs), generator=self.gen, device=dev) < p)
         target = norm_pix(target, cfg.model.patch_size) if sc.norm_pix else target
         if p := sc.teacher_grey:  # hue-free targets; drawn after GMML, which stays put
             x = grey_inputs(x, torch.rand(len(x), generator=self.gen, device=dev) < p)
