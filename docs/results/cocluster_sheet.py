@@ -4,7 +4,9 @@ Writes the eight inputs (scenes 0-2 of seed 0 in the `fixed` mode, the astronaut
 photos, scenes 0-2 of seed 0 in the `varied` mode) to WORK/in, co-clusters them with each
 checkpoint at the default's read-out (`mcssl concepts --cocluster --k 4`, 128 px, block -6,
 keys+concepts) into WORK/NAME, and pastes the k = 4 overlays as 160 px thumbnails: a row of
-inputs, then one row per NAME (WORK defaults to runs/pics, which git ignores).
+inputs, then one row per NAME (WORK defaults to runs/pics, which git ignores). For the six
+scenes it also prints, per ground-truth class (0 = background), the cluster most of its pixels
+fall in and that share, so what the pictures are said to show can be checked.
 
     python docs/results/cocluster_sheet.py OUT.jpg NAME=CHECKPOINT... [--work DIR]
 """
@@ -14,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from mcssl.images import sample_photos
@@ -21,19 +24,40 @@ from mcssl.scenes import make_scenes, spec_for
 
 SIDE, PAD, LABEL = 160, 10, 90
 READOUT = ["--resolution", "128", "--layer", "-6", "--facet", "keys+concepts"]
+SCENES = {0: "fixed0", 1: "fixed1", 2: "fixed2", 5: "varied0", 6: "varied1", 7: "varied2"}
+
+
+def scenes() -> list[tuple[np.ndarray, np.ndarray]]:
+    """The six scenes of the sheet: (image (H, W, 3) uint8, classes (H, W))."""
+    return make_scenes(3, seed=0, spec=spec_for("fixed")) + make_scenes(
+        3, seed=0, spec=spec_for("varied")
+    )
 
 
 def write_inputs(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(img) for img, _ in make_scenes(3, seed=0, spec=spec_for("fixed"))]
-    photos = sample_photos()
-    images += [photos["astronaut"], photos["coffee"]]
-    images += [Image.fromarray(img) for img, _ in make_scenes(3, seed=0, spec=spec_for("varied"))]
+    images = [Image.fromarray(img) for img, _ in scenes()]
+    images[3:3] = [sample_photos()[name] for name in ("astronaut", "coffee")]
     names = ["fixed0", "fixed1", "fixed2", "astronaut", "coffee", "varied0", "varied1", "varied2"]
     paths = [folder / f"{i}_{n}.png" for i, n in enumerate(names, 1)]
     for img, path in zip(images, paths, strict=True):
         img.convert("RGB").save(path)
     return paths
+
+
+def regions(folder: Path) -> list[str]:
+    """One line per scene: class:cluster(share of the class's pixels in that cluster)."""
+    masks = sorted(folder.glob("*_k4_mask.png"))
+    lines = []
+    for (i, name), (_, truth) in zip(SCENES.items(), scenes(), strict=True):
+        mask = Image.open(masks[i]).convert("L").resize(truth.shape[::-1], Image.NEAREST)
+        ids = np.asarray(mask)
+        cells = []
+        for c in np.unique(truth):
+            found, counts = np.unique(ids[truth == c], return_counts=True)
+            cells.append(f"{c}:{found[counts.argmax()]}({counts.max() / counts.sum():.2f})")
+        lines.append(f"{name:8s} " + " ".join(cells))
+    return lines
 
 
 def sheet(rows: list[tuple[str, list[Path]]], out: Path) -> None:
@@ -65,6 +89,7 @@ def main() -> None:
         cmd += ["--cocluster", "--k", "4", "--out", str(folder), *map(str, inputs)]
         subprocess.run(cmd, check=True)
         rows.append((name, sorted(folder.glob("*_k4.png"))))
+        print(f"{name}: majority cluster per class", *regions(folder), sep="\n  ")
     sheet(rows, args.out)
 
 
