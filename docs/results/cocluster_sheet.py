@@ -24,7 +24,8 @@ from mcssl.scenes import make_scenes, spec_for
 
 SIDE, PAD, LABEL = 160, 10, 90
 READOUT = ["--resolution", "128", "--layer", "-6", "--facet", "keys+concepts"]
-SCENES = {0: "fixed0", 1: "fixed1", 2: "fixed2", 5: "varied0", 6: "varied1", 7: "varied2"}
+NAMES = ["fixed0", "fixed1", "fixed2", "astronaut", "coffee", "varied0", "varied1", "varied2"]
+SCENES = {i: name for i, name in enumerate(NAMES) if name.startswith(("fixed", "varied"))}
 
 
 def scenes() -> list[tuple[np.ndarray, np.ndarray]]:
@@ -38,8 +39,7 @@ def write_inputs(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     images = [Image.fromarray(img) for img, _ in scenes()]
     images[3:3] = [sample_photos()[name] for name in ("astronaut", "coffee")]
-    names = ["fixed0", "fixed1", "fixed2", "astronaut", "coffee", "varied0", "varied1", "varied2"]
-    paths = [folder / f"{i}_{n}.png" for i, n in enumerate(names, 1)]
+    paths = [folder / f"{i}_{n}.png" for i, n in enumerate(NAMES, 1)]
     for img, path in zip(images, paths, strict=True):
         img.convert("RGB").save(path)
     return paths
