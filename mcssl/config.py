@@ -37,6 +37,7 @@ class ModelConfig:
     recon_hidden: int = 2048
     recon_bottleneck: int = 256
     cls_num_concepts: int = 8192  # only used when loss.cls_term is on
+    grey_input: bool = False  # the backbone sees luminance only, in training and read-out
 
 
 @dataclass

@@ -16,6 +16,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 100_000_000
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: every model here is normalised with them
 STD = (0.229, 0.224, 0.225)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 grey, as PIL's convert("L")
 
 
 class ImageError(ValueError):
@@ -138,6 +139,13 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def grey(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) normalised -> the same images in grey (luma in all three channels),
+    normalised. Grey images are left as they are."""
+    luma = (torch.tensor(LUMA, device=x.device).view(1, 3, 1, 1) * denormalise(x)).sum(1, True)
+    return normalise(luma.expand(-1, 3, -1, -1)).to(x.dtype)
 
 
 def denormalise(x: torch.Tensor) -> torch.Tensor:

@@ -335,6 +335,38 @@ def test_recon_grey_asks_the_decoder_for_luminance_only(tmp_path, grey: float) -
     assert c >= 4 and {1.0: n == c, 0.5: 0 < n < c, 0.0: n == 0}[grey]
 
 
+def test_grey_input_model_sees_and_reconstructs_luminance_only(tmp_path) -> None:
+    from mcssl.checkpoint import export_teacher
+    from mcssl.explore.encoder import load_encoder
+    from mcssl.images import grey
+
+    over = ["model.grey_input=true", "optim.epochs=1", "run.save_every=1000"]
+    trainer = Trainer(load_config("smoke", over), tmp_path / "g")
+    seen: dict[str, torch.Tensor] = {}
+    terms_fn = trainer._loss_terms
+
+    def terms(s, t, target, mask, tt):
+        seen["target"] = denormalise(target)
+        return terms_fn(s, t, target, mask, tt)
+
+    trainer._loss_terms = terms
+    trainer.fit()
+    target = seen["target"]
+    assert (target[:, 0] - target[:, 1]).abs().max() < 1e-5  # R = G = B
+    assert (target[:, 1] - target[:, 2]).abs().max() < 1e-5
+    assert target.std() > 0.05  # luminance is still there
+    export_teacher(tmp_path / "g", tmp_path / "g.safetensors")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 32, 32, generator=g)  # colourful, normalised
+    assert (grey(x) - x).abs().max() > 0.5  # so greying changes the input
+    for spec in (tmp_path / "g", tmp_path / "g.safetensors"):  # the run and its export
+        enc = load_encoder(spec)
+        assert torch.allclose(enc.tokens(x), enc.tokens(grey(x)), atol=1e-5)
+    colour = Trainer(load_config("smoke", ["optim.epochs=1"]), tmp_path / "c").student.backbone
+    colour.eval()
+    assert not torch.allclose(colour.forward_features(x), colour.forward_features(grey(x)))
+
+
 def _cols(t: torch.Tensor, u: list[float]) -> torch.Tensor:
     """Rows kept, columns interpolated at token units u (clamped to the border), by hand.
     t: (B, 16, K) on a 4 x 4 grid -> (B, 4 * len(u), K)."""

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from mcssl.config import ModelConfig
+from mcssl.images import grey
 from mcssl.models.heads import ConceptHead, ReconstructionHead
 
 
@@ -17,7 +18,7 @@ def build_backbone(cfg: ModelConfig, init: bool = True) -> nn.Module:
     ``init=False`` skips the random initialisation (about a second on a CPU) for weights that
     are loaded next."""
     overrides = {k: getattr(cfg, k) for k in ("embed_dim", "depth", "num_heads") if getattr(cfg, k)}
-    return timm.create_model(
+    backbone = timm.create_model(
         cfg.arch,
         pretrained=False,
         num_classes=0,
@@ -28,6 +29,13 @@ def build_backbone(cfg: ModelConfig, init: bool = True) -> nn.Module:
         weight_init="" if init else "skip",
         **overrides,
     )
+    if cfg.grey_input:  # a hook, not a layer: the weights stay a plain timm ViT's
+        backbone.patch_embed.register_forward_pre_hook(_grey_input)
+    return backbone
+
+
+def _grey_input(_module: nn.Module, args: tuple) -> tuple:
+    return (grey(args[0]), *args[1:])
 
 
 def encode(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

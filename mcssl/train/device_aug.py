@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from mcssl.images import denormalise, normalise
+from mcssl.images import LUMA as GREY
+from mcssl.images import grey, normalise
 
 JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
 P_JITTER, P_GREY, P_BLUR, P_FLIP = 0.8, 0.2, 0.5, 0.5  # P_BLUR: unless given per view
-GREY = (0.299, 0.587, 0.114)
 
 
 def crop_boxes(
@@ -182,8 +182,8 @@ def augment_views(
     flip = (u[0] < P_FLIP).to(dev)
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     x = colour_jitter(x, u[1] < P_JITTER, gen)
-    grey = (u[2] < P_GREY).to(dev)
-    x = torch.where(grey.view(-1, 1, 1, 1), _grey(x).expand_as(x), x)
+    greyed = (u[2] < P_GREY).to(dev)
+    x = torch.where(greyed.view(-1, 1, 1, 1), _grey(x).expand_as(x), x)
     k = max(3, int(0.1 * size) // 2 * 2 + 1)
     sigma = torch.empty(n).uniform_(0.1, 2.0, generator=gen)
     p_blur = torch.tensor(list(blur) or [P_BLUR] * views).repeat_interleave(b)
@@ -216,5 +216,4 @@ def mosaic(x: torch.Tensor) -> torch.Tensor:
 def grey_inputs(x: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
     """``shortcut.teacher_grey``: the inputs where ``apply`` (B,) bool, in grey (luma in all three
     channels). x: (B, 3, H, W) normalised -> the same, normalised."""
-    grey = normalise(_grey(denormalise(x)).expand(-1, 3, -1, -1))
-    return torch.where(apply.view(-1, 1, 1, 1), grey.to(x.dtype), x)
+    return torch.where(apply.view(-1, 1, 1, 1), grey(x), x)

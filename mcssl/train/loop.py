@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from mcssl.checkpoint import atomic_save, load_training_state
 from mcssl.config import Config, ConfigError, config_from_dict, save_config
-from mcssl.images import denormalise
+from mcssl.images import denormalise, grey
 from mcssl.losses import (
     CenteredCrossEntropy,
     MultiViewCrossEntropy,
@@ -313,7 +313,7 @@ class Trainer:
         # a per-step seed keeps corruption reproducible across resumes without saving RNG state
         self.gen.manual_seed(hash((cfg.run.seed, self.dist.rank, i)) & 0x7FFF_FFFF_FFFF)
         corrupted, mask = gmml_corrupt(xs, cfg.model.patch_size, self.gmml, self.gen)
-        target = xs
+        target = grey(xs) if cfg.model.grey_input else xs  # the model greys its own inputs
         if p := sc.recon_grey:  # luminance only, so no token has to keep hue for the decoder
             target = grey_inputs(xs, torch.rand(len(xs), generator=self.gen, device=dev) < p)
         target = norm_pix(target, cfg.model.patch_size) if sc.norm_pix else target
