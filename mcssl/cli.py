@@ -445,7 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
         "colour per object, colour cast and lighting per image",
     )
     ec.add_argument(
-        "--no-baselines", action="store_true", help="skip pixels, colour stats and random ViT"
+        "--no-baselines",
+        action="store_true",
+        help="skip random ViT, pixels, colour + texture stats",
     )
     ec.add_argument("--out", help="write the results as JSON here")
     ec.set_defaults(fn=_eval_concepts)

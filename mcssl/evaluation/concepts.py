@@ -11,7 +11,9 @@ instead of concepts that hold across images): the share of token variance explai
 identity, the NMI of the argmax pseudo-concepts with the image id, and the median number of
 images a pseudo-concept occurs in. A colour-statistics baseline (each patch cell's mean and std
 of RGB) and a scene mode where colour does not give the class away (``mcssl.scenes``) show
-whether a method does better than colour.
+whether a method does better than colour; a colour-blind texture-statistics baseline (grey-level
+spectrum and gradient orientations over each cell's 3 x 3 neighbourhood) whether it does better
+than hand-made texture features.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from mcssl.explore.concepts import _normalise, cocluster, kmeans_labels
@@ -164,6 +167,49 @@ def colour_features(patch: int, resolution: int) -> Featuriser:
     return run
 
 
+def cell_texture(cells: torch.Tensor) -> torch.Tensor:
+    """Colour-blind texture statistics of each cell: the 2-D FFT magnitude of its grey levels
+    less their mean (no brightness, no position within the cell) and a magnitude-weighted
+    histogram of 8 gradient orientations, each scaled to unit size (no contrast).
+    cells: (N, 3, p, p) normalised pixels -> (N, p * (p // 2 + 1) + 8)."""
+    grey = cells.mean(1)
+    z = grey - grey.mean((1, 2), keepdim=True)
+    spectrum = torch.fft.rfft2(z).abs().flatten(1)
+    gy, gx = torch.gradient(z, dim=(1, 2))
+    # sign-free orientations, binned with axes and diagonals at bin centres, not on the edges
+    bins = (torch.atan2(gy, gx) % torch.pi / torch.pi * 8 + 0.5).long() % 8
+    hist = torch.zeros(len(z), 8).scatter_add_(1, bins.flatten(1), torch.hypot(gx, gy).flatten(1))
+    return torch.cat(
+        [
+            spectrum / spectrum.norm(dim=1, keepdim=True).clamp_min(1e-6),
+            hist / hist.sum(1, keepdim=True).clamp_min(1e-6),
+        ],
+        1,
+    )
+
+
+def neighbourhood_mean(f: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Each cell's features averaged with its 8 neighbours (edges replicated): (h * w, D)."""
+    h, w = grid
+    x = F.pad(f.T.reshape(1, -1, h, w), (1, 1, 1, 1), mode="replicate")
+    return F.avg_pool2d(x, 3, stride=1).reshape(-1, h * w).T
+
+
+def texture_features(patch: int, resolution: int) -> Featuriser:
+    """What a sceptical user tries when colour fails: ``cell_texture`` of each patch cell,
+    averaged over its 3 x 3 neighbourhood (a texture needs a window of a period or two)."""
+
+    def run(images: list[Image.Image]) -> list[Feats]:
+        out = []
+        for im in images:
+            t, grid = _patch_pixels(im, patch, resolution)
+            cells = cell_texture(t.reshape(-1, 3, patch, patch))
+            out.append((neighbourhood_mean(cells, grid).numpy(), grid, None))
+        return out
+
+    return run
+
+
 # ------------------------------------------------------------------------------------ scoring
 
 
@@ -244,7 +290,7 @@ def score(feats: list[Feats], data: list[Labelled], patch: int, seed: int = 0) -
 def featurisers(
     enc: Encoder, resolution: int, layer: int, baselines: bool, seed: int, facet: str = "tokens"
 ) -> dict[str, Featuriser]:
-    """The checkpoint and (optionally) the three baselines at the same resolution and patch
+    """The checkpoint and (optionally) the four baselines at the same resolution and patch
     (the random ViT with the same layer and facet; keys for keys+concepts: it has no head)."""
     out = {"checkpoint": encoder_features(enc, resolution, layer, facet)}
     if baselines:
@@ -252,6 +298,7 @@ def featurisers(
         out["random_vit"] = encoder_features(random_like(enc, seed), resolution, layer, rand)
         out["pixels"] = pixel_features(enc.patch_size, resolution)
         out["colour_stats"] = colour_features(enc.patch_size, resolution)
+        out["texture_stats"] = texture_features(enc.patch_size, resolution)
     return out
 
 
