@@ -141,11 +141,15 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 1, H, W) grey levels."""
+    return (LUMA[0] * x[:, 0] + LUMA[1] * x[:, 1] + LUMA[2] * x[:, 2]).unsqueeze(1)
+
+
 def grey(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) normalised -> the same images in grey (luma in all three channels),
     normalised. Grey images are left as they are."""
-    luma = (torch.tensor(LUMA, device=x.device).view(1, 3, 1, 1) * denormalise(x)).sum(1, True)
-    return normalise(luma.expand(-1, 3, -1, -1)).to(x.dtype)
+    return normalise(luma(denormalise(x)).expand(-1, 3, -1, -1)).to(x.dtype)
 
 
 def denormalise(x: torch.Tensor) -> torch.Tensor:

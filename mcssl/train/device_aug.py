@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from mcssl.images import LUMA as GREY
-from mcssl.images import grey, normalise
+from mcssl.images import grey, luma, normalise
 
 JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
 P_JITTER, P_GREY, P_BLUR, P_FLIP = 0.8, 0.2, 0.5, 0.5  # P_BLUR: unless given per view
@@ -82,11 +81,6 @@ def resized_crops(
     return out
 
 
-def _grey(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, 1, H, W) luma."""
-    return (GREY[0] * x[:, 0] + GREY[1] * x[:, 1] + GREY[2] * x[:, 2]).unsqueeze(1)
-
-
 def _blend(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     """f * a + (1 - f) * b, clamped to [0, 1], with a per-image factor f (N,)."""
     return torch.lerp(b.expand_as(a), a, f.view(-1, 1, 1, 1)).clamp_(0, 1)
@@ -125,9 +119,9 @@ def colour_jitter(x: torch.Tensor, apply: torch.Tensor, gen: torch.Generator) ->
         if op == 0:
             x = (x * factors[0].view(-1, 1, 1, 1)).clamp_(0, 1)
         elif op == 1:
-            x = _blend(x, _grey(x).mean((2, 3), keepdim=True), factors[1])
+            x = _blend(x, luma(x).mean((2, 3), keepdim=True), factors[1])
         elif op == 2:
-            x = _blend(x, _grey(x), factors[2])
+            x = _blend(x, luma(x), factors[2])
         else:
             x = adjust_hue(x, shift)
     return x
@@ -183,7 +177,7 @@ def augment_views(
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     x = colour_jitter(x, u[1] < P_JITTER, gen)
     greyed = (u[2] < P_GREY).to(dev)
-    x = torch.where(greyed.view(-1, 1, 1, 1), _grey(x).expand_as(x), x)
+    x = torch.where(greyed.view(-1, 1, 1, 1), luma(x).expand_as(x), x)
     k = max(3, int(0.1 * size) // 2 * 2 + 1)
     sigma = torch.empty(n).uniform_(0.1, 2.0, generator=gen)
     p_blur = torch.tensor(list(blur) or [P_BLUR] * views).repeat_interleave(b)
