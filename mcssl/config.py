@@ -142,6 +142,9 @@ class ShortcutConfig:
     mosaic: bool = False  # each training input: quadrants of four images of the batch
     teacher_grey: float = 0.0  # chance per image that the teacher sees its view in grey
     recon_grey: float = 0.0  # chance per image that the reconstruction target is in grey
+    # > 0: weight of a term in which each student token predicts the clean view's texture
+    # statistics over its 3 x 3 neighbourhood (mcssl.images.texture_map; colour-blind)
+    texture_target: float = 0.0
 
 
 @dataclass
@@ -302,6 +305,8 @@ def _validate_shortcut(cfg: Config) -> None:
     for key in ("teacher_grey", "recon_grey"):
         if not 0.0 <= getattr(sc, key) <= 1.0:
             raise ConfigError(f"shortcut.{key} must be in [0, 1], got {getattr(sc, key)}")
+    if sc.texture_target < 0:
+        raise ConfigError(f"shortcut.texture_target must be >= 0, got {sc.texture_target}")
     if sc.cross_image_centred and not sc.cross_image:
         raise ConfigError("shortcut.cross_image_centred needs shortcut.cross_image > 0")
     if sc.mosaic and (sc.cross_view or sc.cross_image):

@@ -10,6 +10,7 @@ from typing import IO
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -157,3 +158,47 @@ def denormalise(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
     return (x.float() * std + mean).clamp(0, 1)
+
+
+def cell_texture(cells: torch.Tensor) -> torch.Tensor:
+    """Colour-blind texture statistics of each cell: the 2-D FFT magnitude of its grey levels
+    less their mean (no brightness, no position within the cell) and a magnitude-weighted
+    histogram of 8 gradient orientations, each scaled to unit size (no contrast).
+    cells: (N, 3, p, p) normalised pixels -> (N, p * (p // 2 + 1) + 8)."""
+    grey = cells.mean(1)
+    z = grey - grey.mean((1, 2), keepdim=True)
+    spectrum = torch.fft.rfft2(z).abs().flatten(1)
+    gy, gx = torch.gradient(z, dim=(1, 2))
+    # sign-free orientations, binned with axes and diagonals at bin centres, not on the edges
+    bins = (torch.atan2(gy, gx) % torch.pi / torch.pi * 8 + 0.5).long() % 8
+    hist = torch.zeros(len(z), 8).scatter_add_(1, bins.flatten(1), torch.hypot(gx, gy).flatten(1))
+    return torch.cat(
+        [
+            spectrum / spectrum.norm(dim=1, keepdim=True).clamp_min(1e-6),
+            hist / hist.sum(1, keepdim=True).clamp_min(1e-6),
+        ],
+        1,
+    )
+
+
+def neighbourhood_mean(f: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Each cell's features averaged with its 8 neighbours (edges replicated).
+    f: (B, h * w, D) in row-major order of ``grid`` -> (B, h * w, D)."""
+    (h, w), (b, _, d) = grid, f.shape
+    x = F.pad(f.transpose(1, 2).reshape(b, d, h, w), (1, 1, 1, 1), mode="replicate")
+    return F.avg_pool2d(x, 3, stride=1).reshape(b, d, h * w).transpose(1, 2)
+
+
+def texture_dim(patch: int) -> int:
+    """Length of ``cell_texture``'s features for ``patch`` x ``patch`` cells."""
+    return patch * (patch // 2 + 1) + 8
+
+
+def texture_map(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """``cell_texture`` of every patch cell, averaged over its 3 x 3 neighbourhood.
+    x: (B, 3, H, W) -> (B, H/p * W/p, texture_dim(p)), cells in row-major order."""
+    b, c, hh, ww = x.shape
+    h, w = hh // patch, ww // patch
+    cells = x.float().reshape(b, c, h, patch, w, patch).permute(0, 2, 4, 1, 3, 5)
+    f = cell_texture(cells.reshape(-1, c, patch, patch)).reshape(b, h * w, -1)
+    return neighbourhood_mean(f, (h, w))

@@ -20,7 +20,6 @@ from mcssl.evaluation.concepts import (
     from_folder,
     image_share,
     load_benchmark,
-    neighbourhood_mean,
     pixel_features,
     random_like,
     score,
@@ -28,6 +27,7 @@ from mcssl.evaluation.concepts import (
     truth_at,
 )
 from mcssl.explore.encoder import Encoder
+from mcssl.images import neighbourhood_mean
 from mcssl.models import build_backbone
 
 
@@ -205,7 +205,7 @@ def test_neighbourhood_mean_averages_each_cell_with_its_eight_neighbours() -> No
     f = torch.zeros(9, 2)
     f[4, 0] = 9.0  # the centre of a 3 x 3 grid
     f[0, 1] = 9.0  # a corner: replicated over the padding, it counts 4 times for itself
-    got = neighbourhood_mean(f, (3, 3))
+    got = neighbourhood_mean(f[None], (3, 3))[0]
     assert got[:, 0].tolist() == [1.0] * 9
     assert got[:, 1].tolist() == pytest.approx([4, 2, 0, 2, 1, 0, 0, 0, 0])
 

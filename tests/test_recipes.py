@@ -37,6 +37,7 @@ NEW_KEYS: dict[str, Any] = {
     "shortcut.mosaic": False,
     "shortcut.teacher_grey": 0.0,
     "shortcut.recon_grey": 0.0,
+    "shortcut.texture_target": 0.0,
     "model.grey_input": False,
 }
 

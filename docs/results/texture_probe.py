@@ -25,12 +25,11 @@ import torch
 from mcssl.evaluation.concepts import (
     Feats,
     _patch_pixels,
-    cell_texture,
     load_benchmark,
-    neighbourhood_mean,
     score,
     truth_at,
 )
+from mcssl.images import cell_texture, neighbourhood_mean
 from mcssl.metrics import nmi
 from mcssl.scenes import CLASSES
 
@@ -51,7 +50,7 @@ def featurise(images, kind: str) -> list[Feats]:
     for im in images:
         t, grid = _patch_pixels(im, PATCH, RESOLUTION)
         f = cell_texture(t.reshape(-1, 3, PATCH, PATCH))
-        f = f if kind == "cell" else neighbourhood_mean(f, grid)
+        f = f if kind == "cell" else neighbourhood_mean(f[None], grid)[0]
         if kind.endswith("colour"):
             f = torch.cat([f, t.mean(-1), t.std(-1, correction=0)], 1)
         out.append((f.numpy(), grid, None))

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from mcssl.explore.concepts import _normalise, cocluster, kmeans_labels
 from mcssl.explore.encoder import HEAD_FACETS, Encoder
 from mcssl.explore.features import FeatureExtractor, Settings, model_size, to_tensor
-from mcssl.images import IMAGE_EXTENSIONS, ImageError, load_rgb
+from mcssl.images import IMAGE_EXTENSIONS, ImageError, load_rgb, texture_map
 from mcssl.metrics import ari, matched_miou, nmi, patch_labels
 from mcssl.scenes import MODES, make_scenes, spec_for
 
@@ -167,44 +166,17 @@ def colour_features(patch: int, resolution: int) -> Featuriser:
     return run
 
 
-def cell_texture(cells: torch.Tensor) -> torch.Tensor:
-    """Colour-blind texture statistics of each cell: the 2-D FFT magnitude of its grey levels
-    less their mean (no brightness, no position within the cell) and a magnitude-weighted
-    histogram of 8 gradient orientations, each scaled to unit size (no contrast).
-    cells: (N, 3, p, p) normalised pixels -> (N, p * (p // 2 + 1) + 8)."""
-    grey = cells.mean(1)
-    z = grey - grey.mean((1, 2), keepdim=True)
-    spectrum = torch.fft.rfft2(z).abs().flatten(1)
-    gy, gx = torch.gradient(z, dim=(1, 2))
-    # sign-free orientations, binned with axes and diagonals at bin centres, not on the edges
-    bins = (torch.atan2(gy, gx) % torch.pi / torch.pi * 8 + 0.5).long() % 8
-    hist = torch.zeros(len(z), 8).scatter_add_(1, bins.flatten(1), torch.hypot(gx, gy).flatten(1))
-    return torch.cat(
-        [
-            spectrum / spectrum.norm(dim=1, keepdim=True).clamp_min(1e-6),
-            hist / hist.sum(1, keepdim=True).clamp_min(1e-6),
-        ],
-        1,
-    )
-
-
-def neighbourhood_mean(f: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Each cell's features averaged with its 8 neighbours (edges replicated): (h * w, D)."""
-    h, w = grid
-    x = F.pad(f.T.reshape(1, -1, h, w), (1, 1, 1, 1), mode="replicate")
-    return F.avg_pool2d(x, 3, stride=1).reshape(-1, h * w).T
-
-
 def texture_features(patch: int, resolution: int) -> Featuriser:
-    """What a sceptical user tries when colour fails: ``cell_texture`` of each patch cell,
-    averaged over its 3 x 3 neighbourhood (a texture needs a window of a period or two)."""
+    """What a sceptical user tries when colour fails: ``mcssl.images.texture_map``, each patch
+    cell's grey-level texture statistics averaged over its 3 x 3 neighbourhood (a texture needs
+    a window of a period or two)."""
 
     def run(images: list[Image.Image]) -> list[Feats]:
         out = []
         for im in images:
-            t, grid = _patch_pixels(im, patch, resolution)
-            cells = cell_texture(t.reshape(-1, 3, patch, patch))
-            out.append((neighbourhood_mean(cells, grid).numpy(), grid, None))
+            size = model_size(*im.size, patch, resolution, 4 * resolution)
+            f = texture_map(to_tensor(im, size)[None], patch)[0]
+            out.append((f.numpy(), (size[1] // patch, size[0] // patch), None))
         return out
 
     return run

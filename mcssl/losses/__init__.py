@@ -1,12 +1,13 @@
 from mcssl.losses.combine import combine_losses
 from mcssl.losses.concept import CenteredCrossEntropy, MultiViewCrossEntropy, soft_cross_entropy
-from mcssl.losses.recon import norm_pix, reconstruction_loss
+from mcssl.losses.recon import norm_pix, reconstruction_loss, texture_loss
 
 __all__ = [
     "CenteredCrossEntropy",
     "MultiViewCrossEntropy",
     "combine_losses",
     "norm_pix",
+    "texture_loss",
     "reconstruction_loss",
     "soft_cross_entropy",
 ]

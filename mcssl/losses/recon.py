@@ -33,6 +33,15 @@ def reconstruction_loss(
     return (err * px).sum() / px.sum().clamp_min(1)
 
 
+def texture_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error against targets standardised per feature over all tokens of the
+    batch, so the term's size does not depend on the statistics' units.
+    pred, target: (B, N, D) -> scalar."""
+    t = target.float().flatten(0, 1)
+    t = (t - t.mean(0)) / t.std(0).clamp_min(1e-6)
+    return ((pred.float().flatten(0, 1) - t) ** 2).mean()
+
+
 def norm_pix(x: torch.Tensor, patch: int, eps: float = 1e-6) -> torch.Tensor:
     """MAE's norm-pix target: each patch cell's pixels (all channels together) shifted to mean
     0 and scaled to std 1, so a patch's brightness and contrast are not what is predicted.

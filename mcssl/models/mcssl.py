@@ -52,7 +52,9 @@ def grid_of(backbone: nn.Module, x: torch.Tensor) -> tuple[int, int]:
 class Student(nn.Module):
     """Backbone + patch-concept head + reconstruction head (+ learnt loss weights)."""
 
-    def __init__(self, cfg: ModelConfig, cls_term: bool = False, n_loss_terms: int = 0) -> None:
+    def __init__(
+        self, cfg: ModelConfig, cls_term: bool = False, n_loss_terms: int = 0, texture_dim: int = 0
+    ) -> None:
         super().__init__()
         self.backbone = build_backbone(cfg)
         dim = self.backbone.num_features
@@ -67,6 +69,8 @@ class Student(nn.Module):
         self.recon_head = ReconstructionHead(
             dim, cfg.patch_size, cfg.recon_hidden, cfg.recon_bottleneck
         )
+        # shortcut.texture_target's linear read-out: the tokens themselves must hold the texture
+        self.texture_head = nn.Linear(dim, texture_dim) if texture_dim else None
         # log(sigma^2) per loss term for uncertainty weighting (Kendall et al.), only when used:
         # DDP requires every parameter to take part in the loss
         self.loss_log_vars = nn.Parameter(torch.zeros(n_loss_terms)) if n_loss_terms else None
@@ -75,12 +79,14 @@ class Student(nn.Module):
         self, corrupted: torch.Tensor, local_views: list[torch.Tensor] | None = None
     ) -> dict[str, torch.Tensor | None]:
         """corrupted: (B, 3, H, W) -> recon (B, 3, H, W), patch_logits (B, N, K),
-        cls_logits ((B + L*B), K_cls) or None; local views (L*B) follow the global ones."""
+        cls_logits ((B + L*B), K_cls) or None (local views (L*B) follow the global ones),
+        texture (B, N, texture_dim) or None."""
         cls, tokens = encode(self.backbone, corrupted)
         out: dict[str, torch.Tensor | None] = {
             "recon": self.recon_head(tokens, grid_of(self.backbone, corrupted)),
             "patch_logits": self.concept_head(tokens),
             "cls_logits": None,
+            "texture": self.texture_head(tokens) if self.texture_head is not None else None,
         }
         if self.concept_head.cls_layer is not None:
             cls_all = [cls] + [encode(self.backbone, v)[0] for v in local_views or []]

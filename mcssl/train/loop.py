@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from mcssl.checkpoint import atomic_save, load_training_state
 from mcssl.config import Config, ConfigError, config_from_dict, save_config
-from mcssl.images import denormalise, grey
+from mcssl.images import denormalise, grey, texture_dim, texture_map
 from mcssl.losses import (
     CenteredCrossEntropy,
     MultiViewCrossEntropy,
@@ -34,6 +34,7 @@ from mcssl.losses import (
     norm_pix,
     reconstruction_loss,
     soft_cross_entropy,
+    texture_loss,
 )
 from mcssl.models import Student, Teacher, ema_pairs, ema_update
 from mcssl.train import distributed, monitor
@@ -134,8 +135,9 @@ class Trainer:
         resume_state = self._resume_state() if resume else None
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.data = build_data(cfg, self.dist.rank, self.dist.world, dev.type == "cuda")
-        n_terms = (3 if cfg.loss.cls_term else 2) if cfg.loss.combine == "uncertainty" else 0
-        self.student = Student(cfg.model, cfg.loss.cls_term, n_terms).to(dev)
+        tex = texture_dim(cfg.model.patch_size) if cfg.shortcut.texture_target else 0
+        n_terms = 2 + cfg.loss.cls_term + bool(tex) if cfg.loss.combine == "uncertainty" else 0
+        self.student = Student(cfg.model, cfg.loss.cls_term, n_terms, tex).to(dev)
         self.teacher = Teacher(self.student).to(dev)
         lc = cfg.loss
         sc = cfg.shortcut
@@ -324,6 +326,9 @@ class Trainer:
             t = self.teacher_fwd(x)
             s = self.model(corrupted, local)
             terms = self._loss_terms(s, t, target, mask, tt)
+            if w := sc.texture_target:  # the clean student view's texture, weighted here
+                tex = texture_map(xs, cfg.model.patch_size)
+                terms["texture"] = w * texture_loss(s["texture"], tex)
             if sc.cross_view or sc.cross_image:  # the levers' targets, computed once
                 p_t = self.patch_loss.teacher_probs(t["patch_logits"], tt)
             if sc.cross_view:  # half token-aligned, half the other crop's location
@@ -339,6 +344,7 @@ class Trainer:
                 "recon": cfg.loss.recon_weight,
                 "concept": cfg.loss.concept_weight,
                 "cls": cfg.loss.cls_weight,
+                "texture": 1.0,
             }
             loss = combine_losses(terms, cfg.loss.combine, weights, self.student.loss_log_vars)
         self.optimizer.zero_grad(set_to_none=True)
