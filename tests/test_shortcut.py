@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from mcssl.config import ConfigError, ShortcutConfig, load_config
-from mcssl.images import denormalise
-from mcssl.losses import CenteredCrossEntropy, norm_pix
+from mcssl.images import cell_texture, denormalise, neighbourhood_mean, texture_dim, texture_map
+from mcssl.losses import CenteredCrossEntropy, norm_pix, texture_loss
 from mcssl.losses.concept import sinkhorn_knopp
 from mcssl.train.data import MEAN, STD, UnlabelledImages
 from mcssl.train.device_aug import grey_inputs, mosaic
@@ -424,3 +424,66 @@ def test_student_hue_widens_only_the_students_hue_jitter(student_hue: float) -> 
     assert far == 0 if student_hue == 0 else far >= 20  # uniform in +-0.5: ~70 % beyond 0.15
     with pytest.raises(ConfigError, match="student_hue"):
         load_config("smoke", ["shortcut.student_hue=0.3"])  # without student_colour
+
+
+def test_texture_map_is_each_cells_statistics_over_its_neighbourhood_in_row_major_order() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 3, 24, 40, generator=g)  # 3 x 5 cells of 8 px: not square
+    cells = [a[:, 8 * i : 8 * i + 8, 8 * j : 8 * j + 8] for i in range(3) for j in range(5)]
+    by_hand = neighbourhood_mean(cell_texture(torch.stack(cells))[None], (3, 5))[0]
+    got = texture_map(torch.stack([a, b]), 8)
+    assert got.shape == (2, 15, texture_dim(8))
+    assert torch.allclose(got[0], by_hand, atol=1e-6)
+    assert torch.allclose(got[1], texture_map(b[None], 8)[0], atol=1e-6)  # images do not mix
+
+
+def test_texture_loss_ignores_the_statistics_units_and_is_zero_at_the_standardised_target() -> None:
+    g = torch.Generator().manual_seed(1)
+    target = torch.rand(4, 16, 6, generator=g) * torch.tensor([1, 10, 100, 0.1, 1, 1]) + 3
+    flat = target.flatten(0, 1)
+    standard = ((flat - flat.mean(0)) / flat.std(0)).reshape(target.shape)
+    assert texture_loss(standard, target) < 1e-10
+    pred = torch.randn(4, 16, 6, generator=g)
+    assert texture_loss(pred, target) == pytest.approx(
+        float(texture_loss(pred, 7 * target - 2)), rel=1e-5
+    )
+    assert texture_loss(pred, target) > 0.5
+
+
+def test_texture_target_trains_the_tokens_on_the_clean_views_texture(tmp_path) -> None:
+    over = [
+        "shortcut.texture_target=2.0",
+        "loss.combine=fixed",
+        "loss.recon_weight=0",
+        "loss.concept_weight=0",
+        "optim.epochs=1",
+        "run.save_every=1000",
+    ]
+    trainer = Trainer(load_config("smoke", over), tmp_path / "t")
+    assert trainer.student.texture_head.out_features == texture_dim(8)
+    seen: dict[str, torch.Tensor] = {}
+    terms_fn, step_fn = trainer._loss_terms, trainer.train_step
+
+    def terms(s, t, target, mask, tt):
+        seen["pred"], seen["clean"] = s["texture"].detach(), target
+        return terms_fn(s, t, target, mask, tt)
+
+    def step(batch):
+        out = step_fn(batch)
+        # the weighted term against the clean (uncorrupted) view's statistics, and nothing else
+        want = 2.0 * texture_loss(seen["pred"], texture_map(seen["clean"], 8))
+        assert float(out["texture"]) == pytest.approx(float(want), rel=1e-4)
+        assert float(out["loss"]) == pytest.approx(float(want), rel=1e-4)
+        grads.append(float(trainer.student.backbone.patch_embed.proj.weight.grad.abs().max()))
+        return out
+
+    grads: list[float] = []
+    trainer._loss_terms, trainer.train_step = terms, step
+    trainer.fit()
+    assert len(grads) == trainer.total_steps and min(grads) > 0  # the term reaches the backbone
+    assert (
+        Trainer(load_config("smoke", ["optim.epochs=1"]), tmp_path / "p").student.texture_head
+        is None
+    )
+    with pytest.raises(ConfigError, match="texture_target"):
+        load_config("smoke", ["shortcut.texture_target=-1"])
