@@ -171,7 +171,7 @@ def cell_texture(cells: torch.Tensor) -> torch.Tensor:
     gy, gx = torch.gradient(z, dim=(1, 2))
     # sign-free orientations, binned with axes and diagonals at bin centres, not on the edges
     bins = (torch.atan2(gy, gx) % torch.pi / torch.pi * 8 + 0.5).long() % 8
-    hist = torch.zeros(len(z), 8).scatter_add_(1, bins.flatten(1), torch.hypot(gx, gy).flatten(1))
+    hist = z.new_zeros(len(z), 8).scatter_add_(1, bins.flatten(1), torch.hypot(gx, gy).flatten(1))
     return torch.cat(
         [
             spectrum / spectrum.norm(dim=1, keepdim=True).clamp_min(1e-6),

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mcssl.config import load_config
+from mcssl.images import texture_map
 from mcssl.train import Trainer, train
 from mcssl.train.gmml import GMMLParams, gmml_corrupt
 
@@ -34,6 +35,15 @@ def test_gmml_on_cuda_is_seeded_and_within_ratio() -> None:
     assert torch.equal(c1, c2) and torch.equal(m1, m2)
     frac = m1.float().mean((1, 2))
     assert bool(((frac >= 0.4 - 1 / 196) & (frac <= 0.8 + 1 / 196)).all())
+
+
+@GPU
+def test_texture_map_on_cuda_matches_the_cpu() -> None:
+    require_cuda()
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    got = texture_map(x.cuda(), 8)
+    assert got.device.type == "cuda"
+    assert torch.allclose(got.cpu(), texture_map(x, 8), atol=1e-4)
 
 
 def _rows(run: Path) -> list[dict]:

@@ -435,6 +435,8 @@ def test_texture_map_is_each_cells_statistics_over_its_neighbourhood_in_row_majo
     assert got.shape == (2, 15, texture_dim(8))
     assert torch.allclose(got[0], by_hand, atol=1e-6)
     assert torch.allclose(got[1], texture_map(b[None], 8)[0], atol=1e-6)  # images do not mix
+    # built on the input's device (cuda in training), checked here without a GPU on "meta"
+    assert texture_map(a[None].to("meta"), 8).device.type == "meta"
 
 
 def test_texture_loss_ignores_the_statistics_units_and_is_zero_at_the_standardised_target() -> None:

@@ -7,7 +7,7 @@ __all__ = [
     "MultiViewCrossEntropy",
     "combine_losses",
     "norm_pix",
-    "texture_loss",
     "reconstruction_loss",
     "soft_cross_entropy",
+    "texture_loss",
 ]
