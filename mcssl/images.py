@@ -164,7 +164,7 @@ def cell_texture(cells: torch.Tensor) -> torch.Tensor:
     """Colour-blind texture statistics of each cell: the 2-D FFT magnitude of its grey levels
     less their mean (no brightness, no position within the cell) and a magnitude-weighted
     histogram of 8 gradient orientations, each scaled to unit size (no contrast).
-    cells: (N, 3, p, p) normalised pixels -> (N, p * (p // 2 + 1) + 8)."""
+    cells: (N, 3, p, p) normalised pixels -> (N, texture_dim(p))."""
     grey = cells.mean(1)
     z = grey - grey.mean((1, 2), keepdim=True)
     spectrum = torch.fft.rfft2(z).abs().flatten(1)
