@@ -145,6 +145,7 @@ class ShortcutConfig:
     # > 0: weight of a term in which each student token predicts the clean view's texture
     # statistics over its 3 x 3 neighbourhood (mcssl.images.texture_map; colour-blind)
     texture_target: float = 0.0
+    texture_window: int = 3  # those statistics' neighbourhood in cells (odd; 1 = the cell alone)
 
 
 @dataclass
@@ -307,6 +308,8 @@ def _validate_shortcut(cfg: Config) -> None:
             raise ConfigError(f"shortcut.{key} must be in [0, 1], got {getattr(sc, key)}")
     if sc.texture_target < 0:
         raise ConfigError(f"shortcut.texture_target must be >= 0, got {sc.texture_target}")
+    if sc.texture_window < 1 or sc.texture_window % 2 == 0:
+        raise ConfigError(f"shortcut.texture_window must be odd and >= 1, got {sc.texture_window}")
     if sc.cross_image_centred and not sc.cross_image:
         raise ConfigError("shortcut.cross_image_centred needs shortcut.cross_image > 0")
     if sc.mosaic and (sc.cross_view or sc.cross_image):

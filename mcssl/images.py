@@ -181,12 +181,13 @@ def cell_texture(cells: torch.Tensor) -> torch.Tensor:
     )
 
 
-def neighbourhood_mean(f: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Each cell's features averaged with its 8 neighbours (edges replicated).
+def neighbourhood_mean(f: torch.Tensor, grid: tuple[int, int], window: int = 3) -> torch.Tensor:
+    """Each cell's features averaged over the ``window`` x ``window`` cells around it (edges
+    replicated; odd ``window``, 1 = the cell alone).
     f: (B, h * w, D) in row-major order of ``grid`` -> (B, h * w, D)."""
-    (h, w), (b, _, d) = grid, f.shape
-    x = F.pad(f.transpose(1, 2).reshape(b, d, h, w), (1, 1, 1, 1), mode="replicate")
-    return F.avg_pool2d(x, 3, stride=1).reshape(b, d, h * w).transpose(1, 2)
+    (h, w), (b, _, d), r = grid, f.shape, window // 2
+    x = F.pad(f.transpose(1, 2).reshape(b, d, h, w), (r, r, r, r), mode="replicate")
+    return F.avg_pool2d(x, window, stride=1).reshape(b, d, h * w).transpose(1, 2)
 
 
 def texture_dim(patch: int) -> int:
@@ -194,11 +195,12 @@ def texture_dim(patch: int) -> int:
     return patch * (patch // 2 + 1) + 8
 
 
-def texture_map(x: torch.Tensor, patch: int) -> torch.Tensor:
-    """``cell_texture`` of every patch cell, averaged over its 3 x 3 neighbourhood.
+def texture_map(x: torch.Tensor, patch: int, window: int = 3) -> torch.Tensor:
+    """``cell_texture`` of every patch cell, averaged over its ``window`` x ``window``
+    neighbourhood.
     x: (B, 3, H, W) -> (B, H/p * W/p, texture_dim(p)), cells in row-major order."""
     b, c, hh, ww = x.shape
     h, w = hh // patch, ww // patch
     cells = x.float().reshape(b, c, h, patch, w, patch).permute(0, 2, 4, 1, 3, 5)
     f = cell_texture(cells.reshape(-1, c, patch, patch)).reshape(b, h * w, -1)
-    return neighbourhood_mean(f, (h, w))
+    return neighbourhood_mean(f, (h, w), window)

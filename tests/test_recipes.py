@@ -38,6 +38,7 @@ NEW_KEYS: dict[str, Any] = {
     "shortcut.teacher_grey": 0.0,
     "shortcut.recon_grey": 0.0,
     "shortcut.texture_target": 0.0,
+    "shortcut.texture_window": 3,
     "model.grey_input": False,
 }
 

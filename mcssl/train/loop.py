@@ -327,7 +327,7 @@ class Trainer:
             s = self.model(corrupted, local)
             terms = self._loss_terms(s, t, target, mask, tt)
             if w := sc.texture_target:  # the clean student view's texture, weighted here
-                tex = texture_map(xs, cfg.model.patch_size)
+                tex = texture_map(xs, cfg.model.patch_size, sc.texture_window)
                 terms["texture"] = w * texture_loss(s["texture"], tex)
             if sc.cross_view or sc.cross_image:  # the levers' targets, computed once
                 p_t = self.patch_loss.teacher_probs(t["patch_logits"], tt)
