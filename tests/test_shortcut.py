@@ -439,6 +439,22 @@ def test_texture_map_is_each_cells_statistics_over_its_neighbourhood_in_row_majo
     assert texture_map(a[None].to("meta"), 8).device.type == "meta"
 
 
+@pytest.mark.parametrize("window", [1, 5])
+def test_texture_map_window_sets_the_neighbourhood_with_edges_replicated(window: int) -> None:
+    a = torch.randn(3, 24, 40, generator=torch.Generator().manual_seed(2))  # 3 x 5 cells
+    cells = [a[:, 8 * i : 8 * i + 8, 8 * j : 8 * j + 8] for i in range(3) for j in range(5)]
+    f = cell_texture(torch.stack(cells)).reshape(3, 5, -1)
+    r = window // 2
+
+    def around(i: int, j: int) -> torch.Tensor:  # edge cells repeat, as replicate padding does
+        rows = [min(max(i + di, 0), 2) for di in range(-r, r + 1)]
+        cols = [min(max(j + dj, 0), 4) for dj in range(-r, r + 1)]
+        return torch.stack([f[y, x] for y in rows for x in cols]).mean(0)
+
+    by_hand = torch.stack([around(i, j) for i in range(3) for j in range(5)])
+    assert torch.allclose(texture_map(a[None], 8, window)[0], by_hand, atol=1e-6)
+
+
 def test_texture_loss_ignores_the_statistics_units_and_is_zero_at_the_standardised_target() -> None:
     g = torch.Generator().manual_seed(1)
     target = torch.rand(4, 16, 6, generator=g) * torch.tensor([1, 10, 100, 0.1, 1, 1]) + 3
@@ -452,9 +468,11 @@ def test_texture_loss_ignores_the_statistics_units_and_is_zero_at_the_standardis
     assert texture_loss(pred, target) > 0.5
 
 
-def test_texture_target_trains_the_tokens_on_the_clean_views_texture(tmp_path) -> None:
+@pytest.mark.parametrize("window", [3, 1])
+def test_texture_target_trains_the_tokens_on_the_clean_views_texture(tmp_path, window) -> None:
     over = [
         "shortcut.texture_target=2.0",
+        f"shortcut.texture_window={window}",
         "loss.combine=fixed",
         "loss.recon_weight=0",
         "loss.concept_weight=0",
@@ -473,7 +491,7 @@ def test_texture_target_trains_the_tokens_on_the_clean_views_texture(tmp_path) -
     def step(batch):
         out = step_fn(batch)
         # the weighted term against the clean (uncorrupted) view's statistics, and nothing else
-        want = 2.0 * texture_loss(seen["pred"], texture_map(seen["clean"], 8))
+        want = 2.0 * texture_loss(seen["pred"], texture_map(seen["clean"], 8, window))
         assert float(out["texture"]) == pytest.approx(float(want), rel=1e-4)
         assert float(out["loss"]) == pytest.approx(float(want), rel=1e-4)
         grads.append(float(trainer.student.backbone.patch_embed.proj.weight.grad.abs().max()))
@@ -489,3 +507,6 @@ def test_texture_target_trains_the_tokens_on_the_clean_views_texture(tmp_path) -
     )
     with pytest.raises(ConfigError, match="texture_target"):
         load_config("smoke", ["shortcut.texture_target=-1"])
+    for bad in (0, 2):
+        with pytest.raises(ConfigError, match="texture_window must be odd"):
+            load_config("smoke", [f"shortcut.texture_window={bad}"])
