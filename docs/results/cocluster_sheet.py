@@ -4,11 +4,12 @@ Writes the eight inputs (scenes 0-2 of seed 0 in the `fixed` mode, the astronaut
 photos, scenes 0-2 of seed 0 in the `varied` mode) to WORK/in, co-clusters them with each
 checkpoint at the default's read-out (`mcssl concepts --cocluster --k 4`, 128 px, block -6,
 keys+concepts) into WORK/NAME, and pastes the k = 4 overlays as 160 px thumbnails: a row of
-inputs, then one row per NAME (WORK defaults to runs/pics, which git ignores). For the six
+inputs, then one row per NAME (WORK defaults to runs/pics, which git ignores). A run given as
+NAME=CHECKPOINT@LAYER/FACET is read at that block and facet instead (still 128 px). For the six
 scenes it also prints, per ground-truth class (0 = background), the cluster most of its pixels
 fall in and that share, so what the pictures are said to show can be checked.
 
-    python docs/results/cocluster_sheet.py OUT.jpg NAME=CHECKPOINT... [--work DIR]
+    python docs/results/cocluster_sheet.py OUT.jpg NAME=CHECKPOINT[@LAYER/FACET]... [--work DIR]
 """
 
 import argparse
@@ -23,7 +24,7 @@ from mcssl.images import sample_photos
 from mcssl.scenes import make_scenes, spec_for
 
 SIDE, PAD, LABEL = 160, 10, 90
-READOUT = ["--resolution", "128", "--layer", "-6", "--facet", "keys+concepts"]
+READOUT = "-6/keys+concepts"  # the default's block and facet, read at 128 px
 NAMES = ["fixed0", "fixed1", "fixed2", "astronaut", "coffee", "varied0", "varied1", "varied2"]
 SCENES = {i: name for i, name in enumerate(NAMES) if name.startswith(("fixed", "varied"))}
 
@@ -77,15 +78,20 @@ def sheet(rows: list[tuple[str, list[Path]]], out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("runs", nargs="+", help="NAME=CHECKPOINT (a run folder or an exported file)")
+    ap.add_argument(
+        "runs", nargs="+", help="NAME=CHECKPOINT[@LAYER/FACET] (a run folder or an exported file)"
+    )
     ap.add_argument("--work", type=Path, default=Path("runs/pics"))
     args = ap.parse_args()
     inputs = write_inputs(args.work / "in")
     rows = [("input", inputs)]
     for run in args.runs:
         name, _, ckpt = run.partition("=")
+        ckpt, _, at = ckpt.partition("@")
+        layer, facet = (at or READOUT).split("/")
         folder = args.work / name
-        cmd = [sys.executable, "-m", "mcssl", "concepts", "--checkpoint", ckpt, *READOUT]
+        cmd = [sys.executable, "-m", "mcssl", "concepts", "--checkpoint", ckpt, "--resolution"]
+        cmd += ["128", "--layer", layer, "--facet", facet]
         cmd += ["--cocluster", "--k", "4", "--out", str(folder), *map(str, inputs)]
         subprocess.run(cmd, check=True)
         rows.append((name, sorted(folder.glob("*_k4.png"))))
