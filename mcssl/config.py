@@ -143,9 +143,9 @@ class ShortcutConfig:
     teacher_grey: float = 0.0  # chance per image that the teacher sees its view in grey
     recon_grey: float = 0.0  # chance per image that the reconstruction target is in grey
     # > 0: weight of a term in which each student token predicts the clean view's texture
-    # statistics over its 3 x 3 neighbourhood (mcssl.images.texture_map; colour-blind)
+    # statistics over its neighbourhood of cells (mcssl.images.texture_map; colour-blind)
     texture_target: float = 0.0
-    texture_window: int = 3  # those statistics' neighbourhood in cells (odd; 1 = the cell alone)
+    texture_window: int = 3  # that neighbourhood's side in cells (odd; 1 = the cell alone)
 
 
 @dataclass
