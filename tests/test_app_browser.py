@@ -110,6 +110,16 @@ def _idle(page) -> None:
 # Records every progress-bar text, whether the running indicator and the boot screen (the
 # page's HTML, before Streamlit's JavaScript has loaded) were ever visible, from the first byte
 # of the page on (an element shown for a few milliseconds is not missed).
+def _overlay_sources(page) -> list[str]:
+    """The image URLs of the k=4 overlays (Streamlit names a media file by its content)."""
+    shots = page.locator('[data-testid="stImage"]').filter(has_text=re.compile(r"^k=4$"))
+    return [shots.nth(i).locator("img").get_attribute("src") for i in range(shots.count())]
+
+
+def _hit_captions(page) -> list[str]:
+    return page.get_by_text(re.compile(r"^\S+ \(\d+,\d+\) \d\.\d{3}")).all_inner_texts()
+
+
 WATCH = """
 window.__progress = []; window.__running = false; window.__boot = false;
 new MutationObserver(() => {
@@ -142,6 +152,17 @@ def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) 
     assert page.evaluate("window.__boot")  # the boot screen showed before Streamlit drew
     assert page.locator("#mcssl-boot").count() == 0  # and went once it had
     _shot(page, "explore", 1500)
+    # co-clustered: one k-means over the six photos, so every k=4 overlay is redrawn
+    before = set(_overlay_sources(page))
+    page.get_by_text("Co-cluster these images").click()
+    _idle(page)
+    deadline = time.time() + 60  # the rows are redrawn one after another
+    while set(after := _overlay_sources(page)) & before and time.time() < deadline:
+        page.wait_for_timeout(500)
+    assert len(after) == 6 and not set(after) & before, (before, after)
+    _shot(page, "explore_cocluster", 1500)
+    page.get_by_text("Co-cluster these images").click()  # back to per-image clusters
+    _idle(page)
 
     img = tmp_path / "mine.png"
     rng = np.random.default_rng(0)
@@ -184,6 +205,16 @@ def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) 
     page.get_by_text("cosine similarity to token").wait_for()
     _idle(page)
     _shot(page, "retrieve", 1500)
+    # same pseudo-concept only: every hit carries the query token's most probable id
+    query = page.get_by_text(re.compile(r"^Query token \(\d+, \d+\): pseudo-concept #\d+"))
+    pc = re.search(r"#(\d+)", query.inner_text()).group(1)
+    page.get_by_text("Same pseudo-concept only").click()
+    _idle(page)
+    ids = [re.search(r"· #(\d+)$", t).group(1) for t in _hit_captions(page)]
+    assert ids and set(ids) == {pc}, (pc, ids)
+    _shot(page, "retrieve_same_concept", 1500)
+    page.get_by_text("Same pseudo-concept only").click()
+    _idle(page)
     caption = page.get_by_text(re.compile(r"^\S+ \(\d+,\d+\) \d\.\d{3}")).nth(4).inner_text()
     name, r, c = re.match(r"^(\S+) \((\d+),(\d+)\)", caption).groups()
     page.get_by_role("button", name="query from here").nth(4).click()

@@ -25,7 +25,7 @@ SCORE = "mean over modes of (per-image ARI + co-clustering NMI) / 2"
 
 def grid_layers(depth: int) -> list[int]:
     """The second half of the blocks (at least the last 4), counted from the end (-1 = last):
-    all of a shallow model. The bundled ViT-Tiny is best at block -6 of 12 (docs/RESULTS.md)."""
+    all of a shallow model. Bundled ViT-Tinys were best at blocks -1 to -6 of 12 (RESULTS.md)."""
     return list(range(-1, -min(depth, max(4, depth // 2)) - 1, -1))
 
 
