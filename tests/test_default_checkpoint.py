@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
 
 from mcssl.cli import main
+from mcssl.config import load_config
 from mcssl.evaluation.concepts import evaluate
 from mcssl.explore.encoder import DEFAULT_CHECKPOINT, load_encoder
 from mcssl.images import sample_photos
@@ -21,6 +23,16 @@ def test_bundled_checkpoint_is_small_and_describes_itself() -> None:
     assert enc.info["num_concepts"] == "256" and enc.info["recipe"] == "demo_cpu"
     assert int(enc.info["steps"]) == 1440
     assert enc.defaults == {"resolution": 128, "layer": -1, "facet": "keys"}  # its best
+
+
+def test_the_bundled_recipe_is_the_shipped_config() -> None:
+    """`mcssl train --config bundled_cpu` trains with the very config stored in the file (only
+    the recipe's name differs: the file was trained as demo_cpu + overrides)."""
+    with safe_open(str(DEFAULT_CHECKPOINT), "pt") as f:
+        stored = json.loads(f.metadata()["config"])
+    recipe = load_config("bundled_cpu").to_dict()
+    assert (stored.pop("recipe"), recipe.pop("recipe")) == ("demo_cpu", "bundled_cpu")
+    assert recipe == stored
 
 
 def test_concepts_command_on_the_demo_photos(tmp_path: Path) -> None:
