@@ -24,6 +24,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "build" / "screenshots"
+HIT = re.compile(r"^\S+ \(\d+,\d+\) \d\.\d{3}")  # a retrieval hit's caption: "name (r,c) 0.873"
 COORDS_FRAME = 'iframe[title="streamlit_image_coordinates.streamlit_image_coordinates"]'
 
 
@@ -107,19 +108,15 @@ def _idle(page) -> None:
     page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached")
 
 
-# Records every progress-bar text, whether the running indicator and the boot screen (the
-# page's HTML, before Streamlit's JavaScript has loaded) were ever visible, from the first byte
-# of the page on (an element shown for a few milliseconds is not missed).
 def _overlay_sources(page) -> list[str]:
     """The image URLs of the k=4 overlays (Streamlit names a media file by its content)."""
     shots = page.locator('[data-testid="stImage"]').filter(has_text=re.compile(r"^k=4$"))
     return [shots.nth(i).locator("img").get_attribute("src") for i in range(shots.count())]
 
 
-def _hit_captions(page) -> list[str]:
-    return page.get_by_text(re.compile(r"^\S+ \(\d+,\d+\) \d\.\d{3}")).all_inner_texts()
-
-
+# Records every progress-bar text, whether the running indicator and the boot screen (the
+# page's HTML, before Streamlit's JavaScript has loaded) were ever visible, from the first byte
+# of the page on (an element shown for a few milliseconds is not missed).
 WATCH = """
 window.__progress = []; window.__running = false; window.__boot = false;
 new MutationObserver(() => {
@@ -210,18 +207,18 @@ def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) 
     pc = re.search(r"#(\d+)", query.inner_text()).group(1)
     page.get_by_text("Same pseudo-concept only").click()
     _idle(page)
-    ids = [re.search(r"· #(\d+)$", t).group(1) for t in _hit_captions(page)]
+    ids = [re.search(r"· #(\d+)$", t).group(1) for t in page.get_by_text(HIT).all_inner_texts()]
     assert ids and set(ids) == {pc}, (pc, ids)
     _shot(page, "retrieve_same_concept", 1500)
     page.get_by_text("Same pseudo-concept only").click()
     _idle(page)
-    caption = page.get_by_text(re.compile(r"^\S+ \(\d+,\d+\) \d\.\d{3}")).nth(4).inner_text()
+    caption = page.get_by_text(HIT).nth(4).inner_text()
     name, r, c = re.match(r"^(\S+) \((\d+),(\d+)\)", caption).groups()
     page.get_by_role("button", name="query from here").nth(4).click()
     page.get_by_text(f"cosine similarity to token ({r}, {c})").wait_for()
     _idle(page)
     assert page.get_by_role("combobox", name="Query image").input_value() == name
-    first = page.get_by_text(re.compile(r"^\S+ \(\d+,\d+\) \d\.\d{3}")).first.inner_text()
+    first = page.get_by_text(HIT).first.inner_text()
     assert first.split()[2] == "1.000"  # the best hit of the new query is the token itself
 
     _go(page, "Train")
