@@ -7,9 +7,11 @@ keys+concepts) into WORK/NAME, and pastes the k = 4 overlays as 160 px thumbnail
 inputs, then one row per NAME (WORK defaults to runs/pics, which git ignores). A run given as
 NAME=CHECKPOINT@LAYER/FACET is read at that block and facet instead (still 128 px). For the six
 scenes it also prints, per ground-truth class (0 = background), the cluster most of its pixels
-fall in and that share, so what the pictures are said to show can be checked.
+fall in and that share, so what the pictures are said to show can be checked. With --images
+it co-clusters those files instead (photos, which have no classes to print).
 
     python docs/results/cocluster_sheet.py OUT.jpg NAME=CHECKPOINT[@LAYER/FACET]... [--work DIR]
+        [--images FILE...]
 """
 
 import argparse
@@ -82,8 +84,9 @@ def main() -> None:
         "runs", nargs="+", help="NAME=CHECKPOINT[@LAYER/FACET] (a run folder or an exported file)"
     )
     ap.add_argument("--work", type=Path, default=Path("runs/pics"))
+    ap.add_argument("--images", type=Path, nargs="+", help="these images instead of the scenes")
     args = ap.parse_args()
-    inputs = write_inputs(args.work / "in")
+    inputs = args.images or write_inputs(args.work / "in")
     rows = [("input", inputs)]
     for run in args.runs:
         name, _, ckpt = run.partition("=")
@@ -95,7 +98,8 @@ def main() -> None:
         cmd += ["--cocluster", "--k", "4", "--out", str(folder), *map(str, inputs)]
         subprocess.run(cmd, check=True)
         rows.append((name, sorted(folder.glob("*_k4.png"))))
-        print(f"{name}: majority cluster per class", *regions(folder), sep="\n  ")
+        if not args.images:
+            print(f"{name}: majority cluster per class", *regions(folder), sep="\n  ")
     sheet(rows, args.out)
 
 
