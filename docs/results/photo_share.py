@@ -7,18 +7,15 @@ pixels, colour and texture statistics); lower = tokens tied less to their own ph
 """
 
 import sys
-from pathlib import Path
-
-from PIL import Image
 
 from mcssl.evaluation.concepts import featurisers, image_share
 from mcssl.explore.encoder import load_encoder
+from mcssl.images import find_images, load_rgb
 
 
 def main() -> None:
     res, layer, facet, folder, *ckpts = sys.argv[1:]
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in {".jpg", ".png"})
-    images = [Image.open(p).convert("RGB") for p in paths]
+    images = [load_rgb(p) for p in find_images(folder)]
     print(f"{len(images)} photos from {folder}, {res} px, block {layer}, {facet}")
     for i, ckpt in enumerate(ckpts):
         enc = load_encoder(ckpt)
