@@ -348,16 +348,42 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
+def _deep_update(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, mapping by mapping (lists and scalars are replaced)."""
+    out = dict(base)
+    for k, v in over.items():
+        both = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = _deep_update(out[k], v) if both else v
+    return out
+
+
+def _recipe_data(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file's mapping, on top of its ``base:`` recipe's (a name or a path, resolved
+    next to the file first), so a recipe can say only how it differs from another."""
+    if path.resolve() in seen:
+        chain = " -> ".join(q.stem for q in (*seen, path))
+        raise ConfigError(f"config {path}: its base recipes form a loop ({chain})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config {path}: base must be a recipe name or path, got {base!r}")
+    beside = path.parent / base
+    base_path = beside if beside.is_file() else resolve_recipe(base)
+    return _deep_update(_recipe_data(base_path, (*seen, path.resolve())), data)
+
+
 def load_config(recipe: str | None = None, overrides: list[str] | None = None) -> Config:
     cfg = Config()
     if recipe:
         path = resolve_recipe(recipe)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {path} must be a mapping at the top level")
+        data = _recipe_data(path)
         data.setdefault("recipe", path.stem)
         _merge(cfg, data)
     return apply_overrides(cfg, overrides or [])

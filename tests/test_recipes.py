@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from mcssl.config import CONFIG_DIR, load_config
+from mcssl.config import CONFIG_DIR, ConfigError, load_config
 
 SNAPSHOT = Path(__file__).parent / "paper_vits16_b4beaaf.json"
 
@@ -170,3 +171,27 @@ def test_reference_recipe_pins_every_value() -> None:
 def test_paper_recipe_has_the_papers_values() -> None:
     now = _resolved("paper_vits16")
     assert {k: now[k] for k in PAPER} == PAPER
+
+
+def test_a_recipe_says_only_how_it_differs_from_its_base(tmp_path: Path) -> None:
+    """``base:`` merges section by section: a child's one key leaves its siblings as the base
+    set them, through two levels (a path beside the file, then a name in mcssl/configs)."""
+    (tmp_path / "parent.yaml").write_text("base: demo_cpu\noptim:\n  epochs: 7\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\noptim:\n  batch_size: 16\n")
+    demo = flat(load_config("demo_cpu").to_dict())
+    child = flat(load_config(str(tmp_path / "child.yaml")).to_dict())
+    changed = {k: v for k, v in child.items() if v != demo[k]}
+    assert changed == {"optim.epochs": 7, "optim.batch_size": 16, "recipe": "child"}
+
+
+def test_bad_base_recipes_are_one_line_errors(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"loop \(a -> b -> a\)"):
+        load_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("base: nonesuch\n")
+    with pytest.raises(ConfigError, match="'nonesuch' not found"):
+        load_config(str(tmp_path / "c.yaml"))
+    (tmp_path / "d.yaml").write_text("base: [demo_cpu]\n")
+    with pytest.raises(ConfigError, match="base must be a recipe name or path"):
+        load_config(str(tmp_path / "d.yaml"))
