@@ -18,7 +18,7 @@ case $set in
 esac
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-(cd "$tmp" && apt-get download "${pkgs[@]}" >/dev/null 2>&1)
+(cd "$tmp" && apt-get download "${pkgs[@]}" >/dev/null)
 for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/x"; done
 mkdir -p "$out"
 "$py" - "$tmp/x/usr/share/backgrounds" "$out" "$set" <<'PY'
