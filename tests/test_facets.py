@@ -18,6 +18,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from mcssl.checkpoint import CheckpointError, store_defaults
 from mcssl.cli import main
+from mcssl.evaluation.defaults import against_best, format_grid
 from mcssl.explore.concepts import kmeans_labels
 from mcssl.explore.encoder import Encoder, load_encoder
 from mcssl.explore.features import (
@@ -187,6 +188,35 @@ def test_eval_defaults_write_keeps_the_tensors_and_replaces_the_file_atomically(
     with pytest.raises(CheckpointError, match="unchanged"):
         store_defaults(path, {"layer": -1})
     assert path.read_bytes() == current
+
+
+def test_the_grid_flags_settings_whose_gap_to_the_best_is_within_the_seeds_noise() -> None:
+    def row(res: int, seed_scores: list[float]) -> dict:
+        mean = float(np.mean(seed_scores))
+        by_mode = {"fixed": {"ari": mean, "miou": 0.5, "nmi": mean}}
+        return {"resolution": res, "layer": -1, "facet": "keys", "score": mean,
+                "seed_scores": seed_scores, "by_mode": by_mode}  # fmt: skip
+
+    # each seed's scenes score every row: the second swaps places with the first on one seed
+    # (behind by 1.4 standard errors: within noise), the third is 0.05 behind on every seed
+    rows = [row(128, [0.6, 0.5, 0.7]), row(96, [0.58, 0.505, 0.68]), row(64, [0.55, 0.45, 0.65])]
+    against_best(rows)
+    d = np.array([0.02, -0.005, 0.02])
+    assert [r["gap"] for r in rows] == pytest.approx([0.0, d.mean(), 0.05])
+    assert rows[1]["gap_se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+    assert rows[2]["gap_se"] == pytest.approx(0.0, abs=1e-12)
+    assert [r["within_noise"] for r in rows] == [True, True, False]
+    result = {"modes": ["fixed"], "rows": rows, "best": rows[0], "seeds": [0, 1, 2],
+              "score": "s", "data": "synthetic:3"}  # fmt: skip
+    table = format_grid(result)
+    assert table.splitlines()[-1].endswith(": 96 / -1 / keys")  # the tie, not the clear loser
+    assert "| -0.050 ± 0.000 |" in table
+
+    one = [row(128, [0.6]), row(96, [0.59])]  # one seed: a gap but no noise estimate
+    against_best(one)
+    assert one[1]["gap"] == pytest.approx(0.01) and one[1]["within_noise"] is None
+    table = format_grid(result | {"rows": one, "best": one[0], "seeds": [0]})
+    assert "within noise" not in table and "| -0.010 |" in table
 
 
 def test_write_needs_an_export(smoke_run: Path, capsys: pytest.CaptureFixture) -> None:

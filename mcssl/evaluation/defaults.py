@@ -100,6 +100,7 @@ def search(
                     f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
     rows = [_row(key, by_mode) for key, by_mode in scores.items()]
     rows.sort(key=lambda r: -r["score"])
+    against_best(rows)
     return {"data": data_spec, "seeds": seeds, "modes": list(modes), "score": SCORE,
             "rows": rows, "best": rows[0]}  # fmt: skip
 
@@ -110,21 +111,45 @@ def _row(key: tuple[int, int, str], by_mode: dict[str, list[dict]]) -> dict:
         mode: {m: float(np.mean([r[m] for r in runs])) for m in ("ari", "nmi", "miou")}
         for mode, runs in by_mode.items()
     }
-    total = float(np.mean([(m["ari"] + m["nmi"]) / 2 for m in means.values()]))
-    return {"resolution": res, "layer": layer, "facet": facet, "score": total, "by_mode": means}
+    per_seed = np.mean([[(r["ari"] + r["nmi"]) / 2 for r in runs] for runs in by_mode.values()], 0)
+    return {"resolution": res, "layer": layer, "facet": facet, "score": float(per_seed.mean()),
+            "seed_scores": per_seed.tolist(), "by_mode": means}  # fmt: skip
+
+
+def against_best(rows: list[dict]) -> None:
+    """Adds each row's paired gap to the best row (``rows[0]``) over the evaluation seeds: the
+    same scenes score both, so a seed's own difficulty cancels. ``gap`` (mean), ``gap_se`` (its
+    standard error; None from one seed) and ``within_noise`` (gap <= 2 standard errors): a rough
+    flag that the grid's order between two settings is not to be trusted (docs/RESULTS.md round
+    27: a 0.006 lead of 128 px over 96 px over seeds 0-2 reversed on seeds 3-5)."""
+    best = np.asarray(rows[0]["seed_scores"])
+    for r in rows:
+        d = best - np.asarray(r["seed_scores"])
+        se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else None
+        within = None if se is None else bool(d.mean() <= 2 * se)
+        r |= {"gap": float(d.mean()), "gap_se": se, "within_noise": within}
 
 
 def format_grid(result: dict) -> str:
     """The whole grid, best first: per mode ARI / mIoU / co-clustering NMI, then the score."""
     modes = result["modes"]
     head = ["res", "layer", "facet"]
-    head += [f"{m} {h}" for m in modes for h in ("ARI", "mIoU", "NMI")] + ["score"]
+    head += [f"{m} {h}" for m in modes for h in ("ARI", "mIoU", "NMI")] + ["score", "vs best"]
     lines = ["| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
     for r in result["rows"]:
         cells = [str(r["resolution"]), str(r["layer"]), r["facet"]]
         cells += [f"{r['by_mode'][m][k]:.3f}" for m in modes for k in ("ari", "miou", "nmi")]
         best = f"**{r['score']:.3f}**" if r is result["best"] else f"{r['score']:.3f}"
-        lines.append("| " + " | ".join(cells + [best]) + " |")
+        gap = "" if r["gap_se"] is None else f" ± {r['gap_se']:.3f}"
+        lines.append("| " + " | ".join([*cells, best, f"{-r['gap']:.3f}{gap}"]) + " |")
     n = len(result["seeds"])
     lines.append(f"score = {result['score']}; {result['data']} x {n} seed(s); best first")
+    if n > 1:
+        ties = [_name(r) for r in result["rows"][1:] if r["within_noise"]]
+        lines.append("within noise of the best (paired gap over the seeds <= 2 standard errors): "
+                     + (", ".join(ties) or "none"))  # fmt: skip
     return "\n".join(lines)
+
+
+def _name(row: dict) -> str:
+    return f"{row['resolution']} / {row['layer']} / {row['facet']}"
