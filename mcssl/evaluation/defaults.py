@@ -76,8 +76,9 @@ def search(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Scores every (resolution, layer, facet) of the grid on ``data_spec`` for each seed and
-    mode (a folder: once). -> {"rows": [{resolution, layer, facet, score, by_mode: {mode:
-    {ari, nmi, miou, image_share: mean over seeds}}}] best first, "best": rows[0], ...}."""
+    mode (a folder: once). -> {"rows": [{resolution, layer, facet, score, seed_scores, gap,
+    gap_se, within_noise (``against_best``), by_mode: {mode: {ari, nmi, miou: mean over
+    seeds}}}] best first, "best": rows[0], ...}."""
     resolutions = resolutions or grid_resolutions(enc)
     facets = [check_facet(f, enc) for f in facets] if facets else facets_of(enc)
     layers = layers or grid_layers(enc.depth)
@@ -133,7 +134,8 @@ def against_best(rows: list[dict]) -> None:
 
 
 def format_grid(result: dict) -> str:
-    """The whole grid, best first: per mode ARI / mIoU / co-clustering NMI, then the score."""
+    """The whole grid, best first: per mode ARI / mIoU / co-clustering NMI, the score and its gap
+    to the best; then the settings within noise of the best."""
     modes = result["modes"]
     head = ["res", "layer", "facet"]
     head += [f"{m} {h}" for m in modes for h in ("ARI", "mIoU", "NMI")] + ["score", "vs best"]
