@@ -2,16 +2,16 @@
 
 Writes the eight inputs (scenes 0-2 of seed 0 in the `fixed` mode, the astronaut and coffee
 photos, scenes 0-2 of seed 0 in the `varied` mode) to WORK/in, co-clusters them with each
-checkpoint at the default's read-out (`mcssl concepts --cocluster --k 4`, 128 px, block -6,
-keys+concepts) into WORK/NAME, and pastes the k = 4 overlays as 160 px thumbnails: a row of
-inputs, then one row per NAME (WORK defaults to runs/pics, which git ignores). A run given as
-NAME=CHECKPOINT@LAYER/FACET is read at that block and facet instead (still 128 px). For the six
+checkpoint (`mcssl concepts --cocluster --k 4`, 128 px, block -6, keys+concepts: the read-out
+of the rounds 5-23 defaults) into WORK/NAME, and pastes the k = 4 overlays as 160 px thumbnails:
+a row of inputs, then one row per NAME (WORK defaults to runs/pics, which git ignores). A run
+given as NAME=CHECKPOINT@LAYER/FACET[/PX] is read at that block, facet and resolution. For the six
 scenes it also prints, per ground-truth class (0 = background), the cluster most of its pixels
 fall in and that share, so what the pictures are said to show can be checked. With --images
 it co-clusters those files instead (photos, which have no classes to print).
 
-    python docs/results/cocluster_sheet.py OUT.jpg NAME=CHECKPOINT[@LAYER/FACET]... [--work DIR]
-        [--images FILE...]
+    python docs/results/cocluster_sheet.py OUT.jpg NAME=CHECKPOINT[@LAYER/FACET[/PX]]...
+        [--work DIR] [--images FILE...]
 """
 
 import argparse
@@ -26,7 +26,7 @@ from mcssl.images import sample_photos
 from mcssl.scenes import make_scenes, spec_for
 
 SIDE, PAD, LABEL = 160, 10, 90
-READOUT = "-6/keys+concepts"  # the default's block and facet, read at 128 px
+READOUT = "-6/keys+concepts/128"  # block, facet and resolution of the rounds 5-23 defaults
 NAMES = ["fixed0", "fixed1", "fixed2", "astronaut", "coffee", "varied0", "varied1", "varied2"]
 SCENES = {i: name for i, name in enumerate(NAMES) if name.startswith(("fixed", "varied"))}
 
@@ -81,7 +81,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument(
-        "runs", nargs="+", help="NAME=CHECKPOINT[@LAYER/FACET] (a run folder or an exported file)"
+        "runs",
+        nargs="+",
+        help="NAME=CHECKPOINT[@LAYER/FACET[/PX]] (a run folder or an exported file)",
     )
     ap.add_argument("--work", type=Path, default=Path("runs/pics"))
     ap.add_argument("--images", type=Path, nargs="+", help="these images instead of the scenes")
@@ -91,10 +93,10 @@ def main() -> None:
     for run in args.runs:
         name, _, ckpt = run.partition("=")
         ckpt, _, at = ckpt.partition("@")
-        layer, facet = (at or READOUT).split("/")
+        layer, facet, px = ((at or READOUT).split("/") + ["128"])[:3]
         folder = args.work / name
         cmd = [sys.executable, "-m", "mcssl", "concepts", "--checkpoint", ckpt, "--resolution"]
-        cmd += ["128", "--layer", layer, "--facet", facet]
+        cmd += [px, "--layer", layer, "--facet", facet]
         cmd += ["--cocluster", "--k", "4", "--out", str(folder), *map(str, inputs)]
         subprocess.run(cmd, check=True)
         rows.append((name, sorted(folder.glob("*_k4.png"))))
