@@ -24,7 +24,7 @@ GPU_ONLY = ("paper_vits16", "reference_vits16")
 TIMES = {
     "smoke": "seconds on a CPU",
     "demo_cpu": "about 12 minutes on 2 CPU cores (180 steps)",
-    "bundled_cpu": "75 minutes on one CPU core beside a second run (1440 steps)",
+    "bundled_cpu": "about 78 minutes on one CPU core beside a second run (1440 steps)",
     "paper_vits16": "days to weeks on GPUs; on a 2-core CPU ~13 images/s, i.e. ~4.6 days for "
     "10,000 images x 500 epochs and ~1.6 years for ImageNet",
     "reference_vits16": "longer than paper_vits16 (800 epochs, multi-crop): GPUs only",
