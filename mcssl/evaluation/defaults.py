@@ -123,8 +123,8 @@ def against_best(rows: list[dict]) -> None:
     same scenes score both, so a seed's own difficulty cancels. ``gap`` (mean), ``gap_se`` (its
     standard error; None from one seed) and ``within_noise``: the gap lies inside the two-sided
     95 % paired t interval. With three seeds that interval is wide (4.3 standard errors) on
-    purpose: the bundled model's 128 px led 96 px by 0.006 ± 0.002 over seeds 0-2 and trailed
-    it by 0.009 on seeds 3-5 (docs/RESULTS.md, round 27)."""
+    purpose: the model bundled in rounds 24-27 read 0.006 ± 0.002 better at 128 px than at 96 px
+    over seeds 0-2 and 0.009 worse on seeds 3-5 (docs/RESULTS.md, round 27)."""
     best = np.asarray(rows[0]["seed_scores"])
     for r in rows:
         d = best - np.asarray(r["seed_scores"])
