@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -532,23 +533,28 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from mcssl.evaluation.concepts import BenchmarkError
     from mcssl.evaluation.knn import LabelledDataError
     from mcssl.explore.encoder import EncoderError
-    from mcssl.explore.index import TokenIndexError
     from mcssl.images import ImageError
     from mcssl.train import TrainError
     from mcssl.train.sources import CacheError, DataError
 
-    return (
+    errors: list[type[Exception]] = [
         ConfigError,
         DataError,
         TrainError,
         CheckpointError,
         ImageError,
         EncoderError,
-        TokenIndexError,
         BenchmarkError,
         LabelledDataError,
         CacheError,
-    )
+    ]
+    # retrieval's errors need faiss, which training and evaluation do not (the lent GPU
+    # machines have none, and nothing installs there)
+    with contextlib.suppress(ImportError):
+        from mcssl.explore.index import TokenIndexError
+
+        errors.append(TokenIndexError)
+    return tuple(errors)
 
 
 def main(argv: list[str] | None = None) -> int:

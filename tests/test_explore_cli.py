@@ -187,6 +187,17 @@ def test_index_and_query(indexed, photos, tmp_path: Path, capsys: pytest.Capture
     assert hit["image"] == str(photos[0]) and (hit["row"], hit["col"]) == (2, 3)
 
 
+def test_a_broken_index_is_one_line_from_the_cli(photos, tmp_path: Path, capsys) -> None:
+    """TokenIndexError is one of the CLI's user errors (it loads only with faiss)."""
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    query = ["query", "--index", str(junk), "--image", str(photos[0]), "--token", "0", "0"]
+    assert main(query) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mcssl query: error: ") and "not a token index" in err
+    assert "\n" not in err
+
+
 def test_cocluster_gives_one_labelling_across_images(export, photos, tmp_path: Path) -> None:
     from mcssl.explore.concepts import cocluster_for_ks
     from mcssl.explore.encoder import load_encoder

@@ -16,7 +16,6 @@ from mcssl.explore.concepts import (
 )
 from mcssl.explore.encoder import Encoder, EncoderError, load_encoder
 from mcssl.explore.features import FeatureExtractor, ImageFeatures, Settings
-from mcssl.explore.index import Hit, TokenIndex, TokenIndexError
 from mcssl.explore.render import overlay, side_by_side, token_crop
 
 __all__ = [
@@ -39,3 +38,15 @@ __all__ = [
     "top_concepts",
     "upsample_labels",
 ]
+
+_INDEX_NAMES = ("Hit", "TokenIndex", "TokenIndexError")
+
+
+def __getattr__(name: str) -> object:
+    """The retrieval names load on first use: they need faiss, which training and evaluation do
+    not (the lent GPU machines have torch and timm but no faiss, and nothing installs there)."""
+    if name in _INDEX_NAMES:
+        from mcssl.explore import index
+
+        return getattr(index, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
