@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check for a one-H100 machine, run from the repository root; finishes in under 8 minutes.
 #   OUT=/some/folder bash benchmarks/gpu_check.sh
-# Writes into $OUT: env.txt (nvidia-smi, versions), install.log, pytest_gpu.log, bench_*.log
+# Writes into $OUT: env.txt (nvidia-smi, versions), python.log, pytest_gpu.log, bench_*.log
 # and bench_*.json (benchmarks/train_throughput.py), jpegs.log, summary.txt. Every step has its
 # own timeout, capped by what is left of the overall budget (BUDGET_S, default 450 s), so one
 # hang cannot eat the rest. Set COMPILE=1 to add a torch.compile run if time is left.
@@ -9,7 +9,6 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
 mkdir -p "$OUT"
-PY=.venv/bin/python
 BUDGET_S=${BUDGET_S:-450}
 START=$(date +%s)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -39,8 +38,10 @@ step() {
     return 0
 }
 
-# 1. environment
-step install 240 make install
+# 1. environment: the Python to use (benchmarks/device_python.sh; `make install` only where no
+# Python here holds torch and timm)
+source benchmarks/device_python.sh >"$OUT/python.log" 2>&1
+tail -n 1 "$OUT/python.log" | tee -a "$SUMMARY"
 {
     nvidia-smi
     echo
@@ -53,7 +54,7 @@ cat "$OUT/env.txt"
 
 # 2. the GPU tests (exit code 5 = none collected); -rP keeps the printed measurements (bf16 run's
 # loss drop, CPU-vs-CUDA differences) in pytest_gpu.log
-step pytest_gpu 200 $PY -m pytest -m gpu -q -rP
+step pytest_gpu 200 $PY -m pytest -m gpu -q -rP tests/test_gpu.py
 
 # 3. synthetic batches: the paper's recipe (2 global crops), ViT-S/16 at 224, bf16
 BENCH=(benchmarks/train_throughput.py --device cuda --precision bf16 --recipe paper_vits16
