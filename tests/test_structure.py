@@ -141,7 +141,7 @@ _WITHOUT = textwrap.dedent("""
 """)
 
 
-def test_training_and_evaluation_run_without_faiss_or_streamlit() -> None:
+def test_training_and_evaluation_load_without_faiss_or_streamlit() -> None:
     """Only retrieval needs faiss and only the app streamlit: the CLI's training, export and
     concept benchmark load without them (the retrieval errors then drop out of the CLI's
     user errors), so benchmarks/gpu_session.sh runs on a GPU machine that has neither."""
