@@ -574,6 +574,11 @@ def main(argv: list[str] | None = None) -> int:
         from mcssl.explore.encoder import EncoderError
 
         return 2 if isinstance(e, (ConfigError, EncoderError)) else 1
+    except ModuleNotFoundError as e:  # only retrieval needs faiss; training runs without it
+        if e.name != "faiss":
+            raise
+        print(f"mcssl {args.command}: error: needs faiss (pip install faiss-cpu)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"mcssl {args.command}: interrupted", file=sys.stderr)
         return 130

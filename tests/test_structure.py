@@ -131,20 +131,23 @@ _WITHOUT = textwrap.dedent("""
     class Missing:
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in {"faiss", "streamlit", "plotly"}:
-                raise ModuleNotFoundError(f"No module named {name!r}")
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
     sys.meta_path.insert(0, Missing())
     import mcssl.cli, mcssl.train.loop, mcssl.evaluation.concepts, mcssl.evaluation.defaults
     from mcssl.checkpoint import export_teacher
     names = [e.__name__ for e in mcssl.cli._user_errors()]
-    print(len(names), "TokenIndexError" in names, "faiss" in sys.modules)
+    query = ["query", "--index", "idx", "--image", "a.png", "--token", "0", "0"]
+    print(len(names), "TokenIndexError" in names, "faiss" in sys.modules, mcssl.cli.main(query))
 """)
 
 
 def test_training_and_evaluation_load_without_faiss_or_streamlit() -> None:
     """Only retrieval needs faiss and only the app streamlit: the CLI's training, export and
     concept benchmark load without them (the retrieval errors then drop out of the CLI's
-    user errors), so benchmarks/gpu_session.sh runs on a GPU machine that has neither."""
+    user errors), so benchmarks/gpu_session.sh runs on a GPU machine that has neither; there,
+    retrieval says in one line what it needs."""
     out = subprocess.run([sys.executable, "-c", _WITHOUT], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["9", "False", "False"]
+    assert out.stdout.split() == ["9", "False", "False", "2"]
+    assert out.stderr == "mcssl query: error: needs faiss (pip install faiss-cpu)\n"
