@@ -6,40 +6,77 @@
 #                                               lomiri-wallpapers-20.04; round 25's data)
 #   scripts/fetch_photos.sh OUT_DIR --held-out  the 6 held-out photos no run trains on
 #                                               (lomiri-wallpapers-16.04; round 25's pictures)
+#   scripts/fetch_photos.sh OUT_DIR --regions   13 held-out photos (those 6 and 7 of
+#                                               plasma-workspace-wallpapers) as OUT_DIR/images
+#                                               and OUT_DIR/masks: boxes of one kind of region
+#                                               each from scripts/photo_regions.json, for
+#                                               `mcssl eval concepts --data OUT_DIR` (round 31)
 # Needs apt package lists (`apt-get update` once). Nothing at run time or in the tests needs them.
 set -euo pipefail
-out=${1:?usage: scripts/fetch_photos.sh OUT_DIR [--held-out]}
+out=${1:?usage: scripts/fetch_photos.sh OUT_DIR [--held-out | --regions]}
 set=${2:-train}
 py=${PYTHON:-.venv/bin/python}
 case $set in
   train) pkgs=(mate-backgrounds lomiri-wallpapers-20.04) ;;
   --held-out) pkgs=(lomiri-wallpapers-16.04) ;;
-  *) echo "fetch_photos.sh: unknown option $set (expected --held-out)" >&2; exit 2 ;;
+  --regions) pkgs=(lomiri-wallpapers-16.04 plasma-workspace-wallpapers) ;;
+  *) echo "fetch_photos.sh: unknown option $set (expected --held-out or --regions)" >&2; exit 2 ;;
 esac
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 (cd "$tmp" && apt-get download "${pkgs[@]}" >/dev/null)
 for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/x"; done
 mkdir -p "$out"
-"$py" - "$tmp/x/usr/share/backgrounds" "$out" "$set" <<'PY'
+"$py" - "$tmp/x/usr/share" "$out" "$set" "$(dirname "$0")/photo_regions.json" <<'PY'
+import json
 import sys
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageDraw
 
-src, out, which = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+share, out, which, regions = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+src = share / "backgrounds"
+
+
+def plasma(name: str) -> Path:  # the largest size of a Plasma wallpaper
+    files = (share / "wallpapers" / name / "contents/images").glob("*.jpg")
+    return max(files, key=lambda p: Image.open(p).width)
+
+
+def save(p: Path, dest: Path) -> Image.Image:
+    im = Image.open(p).convert("RGB")
+    s = 512 / min(im.size)
+    im = im.resize((round(im.width * s), round(im.height * s)), Image.BICUBIC)
+    im.save(dest, quality=92)
+    return im
+
+
 if which == "train":
     photos = [src / "Kleiber_by_Lukas_Baubkus.jpg", *sorted((src / "mate/nature").glob("*.jpg"))]
     names = [p.stem for p in photos]
-else:  # numbered in the order of the round-25 sheet
+elif which == "--held-out":  # numbered in the order of the round-25 sheet
     stems = ["aitzgorri", "picosdeeuropa", "Dragonfly", "life", "friends", "Bridge"]
     photos = [next(src.glob(f"{s}_by_*.jpg")) for s in stems]
     names = [f"{i}_{s}" for i, s in enumerate(stems, 1)]
-for p, name in zip(photos, names):
-    im = Image.open(p).convert("RGB")
-    s = 512 / min(im.size)
-    im.resize((round(im.width * s), round(im.height * s)), Image.BICUBIC).save(
-        out / f"{name}.jpg", quality=92
-    )
-print(f"{len(photos)} photos in {out}")
+if which != "--regions":
+    for p, name in zip(photos, names):
+        save(p, out / f"{name}.jpg")
+    print(f"{len(photos)} photos in {out}")
+    sys.exit()
+
+spec = json.loads(Path(regions).read_text())
+ids = {kind: i for i, kind in enumerate(spec["kinds"])}
+(out / "images").mkdir(exist_ok=True)
+(out / "masks").mkdir(exist_ok=True)
+for name, boxes in spec["photos"].items():
+    found = list(src.glob(f"{name}_by_*.jpg"))
+    im = save(found[0] if found else plasma(name), out / "images" / f"{name}.jpg")
+    mask = Image.new("L", im.size, 255)  # 255: not labelled
+    draw, (w, h) = ImageDraw.Draw(mask), im.size
+    for kind, x0, y0, x1, y1 in boxes:  # tenths of the width and height, x1 / y1 excluded
+        draw.rectangle([x0 * w / 10, y0 * h / 10, x1 * w / 10 - 1, y1 * h / 10 - 1], ids[kind])
+    mask.save(out / "masks" / f"{name}.png")
+    print(name, {int(v): int(n) for v, n in zip(*np.unique(np.asarray(mask), return_counts=True))})
+print(f"{len(spec['photos'])} photos with region masks in {out}")
 PY

@@ -13,6 +13,7 @@ from PIL import Image
 from mcssl.cli import main
 from mcssl.config import ModelConfig
 from mcssl.evaluation.concepts import (
+    UNLABELLED,
     BenchmarkError,
     Labelled,
     argmax_spread,
@@ -49,6 +50,38 @@ def test_pixel_baseline_is_perfect_when_colour_is_the_concept() -> None:
     got = score(feats, data, patch=8)
     assert got["ari"] == pytest.approx(1.0) and got["miou"] == pytest.approx(1.0)
     assert got["nmi"] == pytest.approx(1.0) and got["images"] == 3
+
+
+def test_unlabelled_cells_are_left_out_of_every_score_against_the_truth() -> None:
+    """Hand-labelled photos have boxes, not full masks: a region nobody boxed (255) must not
+    count as a class. Here it has the colour of class 1, so scoring it as a class of its own
+    would split one colour into two classes (ARI and NMI < 1)."""
+    data = []
+    for split in (8, 16):
+        img, mask = _two_colour_image(24)
+        mask[:, split:24] = UNLABELLED
+        data.append(Labelled(img, mask, f"i{split}"))
+    feats = pixel_features(8, 32)([d.image for d in data])
+    got = score(feats, data, patch=8)
+    assert got["ari"] == pytest.approx(1.0) and got["miou"] == pytest.approx(1.0)
+    assert got["nmi"] == pytest.approx(1.0) and got["images"] == 2
+    # the image share is a property of all the features, labelled or not
+    assert got["image_share"] == pytest.approx(image_share([f[0] for f in feats]))
+    data[0].mask[:] = UNLABELLED  # an image with no labelled cell is skipped, not an error
+    assert score(feats, data, patch=8)["images"] == 1
+
+
+def test_photo_region_boxes_are_well_formed() -> None:
+    """scripts/photo_regions.json (round 31's hand-labelled photos): known kinds, boxes inside
+    the image, each kind in at least two photos (else it cannot be shared across photos)."""
+    spec = json.loads((Path(__file__).parents[1] / "scripts/photo_regions.json").read_text())
+    photos_of: dict[str, set[str]] = {k: set() for k in spec["kinds"]}
+    for name, boxes in spec["photos"].items():
+        for kind, x0, y0, x1, y1 in boxes:
+            assert kind in photos_of, (name, kind)
+            assert 0 <= x0 < x1 <= 10 and 0 <= y0 < y1 <= 10, (name, kind)
+            photos_of[kind].add(name)
+    assert min(len(v) for v in photos_of.values()) >= 2, photos_of
 
 
 def test_truth_follows_the_model_grid() -> None:

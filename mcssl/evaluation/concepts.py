@@ -40,6 +40,9 @@ Feats = tuple[np.ndarray, tuple[int, int], np.ndarray | None]
 Featuriser = Callable[[list[Image.Image]], list[Feats]]
 
 
+UNLABELLED = 255  # mask value of pixels outside every labelled region (as Pascal VOC's void)
+
+
 class BenchmarkError(ValueError):
     """Benchmark data that cannot be used; one-line message."""
 
@@ -60,7 +63,8 @@ def synthetic(n: int, seed: int, size: int = 128, mode: str = "fixed") -> list[L
 
 
 def from_folder(root: str | Path) -> list[Labelled]:
-    """``root/images/<name>.<ext>`` with ``root/masks/<name>.png`` holding class ids."""
+    """``root/images/<name>.<ext>`` with ``root/masks/<name>.png`` holding class ids
+    (``UNLABELLED`` where a pixel belongs to no labelled region)."""
     root = Path(root)
     if not (root / "images").is_dir() or not (root / "masks").is_dir():
         raise BenchmarkError(f"{root}: expected images/ and masks/ folders")
@@ -222,34 +226,37 @@ def argmax_spread(argmax: list[np.ndarray]) -> dict[str, float]:
 def score(feats: list[Feats], data: list[Labelled], patch: int, seed: int = 0) -> dict[str, float]:
     """-> mean and std of per-image ARI and mIoU, co-clustering NMI, image count, the image-
     identity share of the token variance, and (for a checkpoint with a concept head) the NMI of
-    the argmax pseudo-concepts with the classes and the ``argmax_spread`` measures."""
-    aris, mious, tokens, truths = [], [], [], []
-    for (t, grid, _), item in zip(feats, data, strict=True):
+    the argmax pseudo-concepts with the classes and the ``argmax_spread`` measures. Tokens whose
+    cell is mostly ``UNLABELLED`` (hand-drawn boxes on photos) are left out of the k-means and
+    of every score against the truth; the image share and argmax spread use all tokens."""
+    aris, mious, labelled, truths, argmax = [], [], [], [], []
+    for (t, grid, amax), item in zip(feats, data, strict=True):
         truth = truth_at(item.mask, grid, patch).ravel()
-        tokens.append(t)
-        truths.append(truth)
-        k = len(np.unique(truth))
+        keep = truth != UNLABELLED  # only labelled tokens are scored
+        labelled.append(t[keep])
+        truths.append(truth[keep])
+        argmax.append(None if amax is None else amax[keep])
+        k = len(np.unique(truth[keep]))
         if k < 2:  # one concept only: nothing to separate
             continue
-        pred = kmeans_labels(t, k, seed)
-        aris.append(ari(truth, pred))
-        mious.append(matched_miou(truth, pred))
+        pred = kmeans_labels(t[keep], k, seed)
+        aris.append(ari(truth[keep], pred))
+        mious.append(matched_miou(truth[keep], pred))
     if not aris:
         raise BenchmarkError("no image has two or more ground-truth concepts at patch level")
     n_classes = len(np.unique(np.concatenate(truths)))
-    co = np.concatenate(cocluster(tokens, n_classes, seed))
-    argmax = [f[2] for f in feats]
+    co = np.concatenate(cocluster(labelled, n_classes, seed))
     head: dict[str, float | None] = {
         "nmi_concepts": None,
         "nmi_image_argmax": None,
         "images_per_concept": None,
     }
-    if argmax[0] is not None:
+    if feats[0][2] is not None:
         head = {"nmi_concepts": nmi(np.concatenate(truths), np.concatenate(argmax))}
-        head.update(argmax_spread(argmax))
+        head.update(argmax_spread([f[2] for f in feats]))
     return {
         **head,
-        "image_share": image_share(tokens),
+        "image_share": image_share([f[0] for f in feats]),
         "ari": float(np.mean(aris)),
         "ari_std": float(np.std(aris)),
         "miou": float(np.mean(mious)),
