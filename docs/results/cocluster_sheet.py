@@ -8,10 +8,11 @@ a row of inputs, then one row per NAME (WORK defaults to runs/pics, which git ig
 given as NAME=CHECKPOINT@LAYER/FACET[/PX] is read at that block, facet and resolution. For the six
 scenes it also prints, per ground-truth class (0 = background), the cluster most of its pixels
 fall in and that share, so what the pictures are said to show can be checked. With --images
-it co-clusters those files instead (photos, which have no classes to print).
+it co-clusters those files instead (photos), and with --masks prints the same for their
+labelled regions (the masks of `scripts/fetch_photos.sh DIR --regions`, round 31).
 
     python docs/results/cocluster_sheet.py OUT.jpg NAME=CHECKPOINT[@LAYER/FACET[/PX]]...
-        [--work DIR] [--images FILE...]
+        [--work DIR] [--images FILE... [--masks DIR]]
 """
 
 import argparse
@@ -48,19 +49,32 @@ def write_inputs(folder: Path) -> list[Path]:
     return paths
 
 
-def regions(folder: Path) -> list[str]:
-    """One line per scene: class:cluster(share of the class's pixels in that cluster)."""
+def regions(folder: Path, truths: dict[int, tuple[str, np.ndarray]]) -> list[str]:
+    """One line per labelled input {index: (name, classes (H, W))}: class:cluster(share of the
+    class's pixels in that cluster); class 255 (not labelled) is skipped."""
     masks = sorted(folder.glob("*_k4_mask.png"))
     lines = []
-    for (i, name), (_, truth) in zip(SCENES.items(), scenes(), strict=True):
+    for i, (name, truth) in truths.items():
         mask = Image.open(masks[i]).convert("L").resize(truth.shape[::-1], Image.NEAREST)
         ids = np.asarray(mask)
         cells = []
-        for c in np.unique(truth):
+        for c in np.unique(truth[truth != 255]):
             found, counts = np.unique(ids[truth == c], return_counts=True)
             cells.append(f"{c}:{found[counts.argmax()]}({counts.max() / counts.sum():.2f})")
-        lines.append(f"{name:8s} " + " ".join(cells))
+        lines.append(f"{name:14s} " + " ".join(cells))
     return lines
+
+
+def photo_truths(images: list[Path], masks: Path | None) -> dict[int, tuple[str, np.ndarray]]:
+    """The region masks (MASKS/STEM.png, as `scripts/fetch_photos.sh DIR --regions` writes
+    them) of those inputs that have one."""
+    if masks is None:
+        return {}
+    return {
+        i: (p.stem, np.asarray(Image.open(masks / f"{p.stem}.png")))
+        for i, p in enumerate(images)
+        if (masks / f"{p.stem}.png").exists()
+    }
 
 
 def sheet(rows: list[tuple[str, list[Path]]], out: Path) -> None:
@@ -87,8 +101,16 @@ def main() -> None:
     )
     ap.add_argument("--work", type=Path, default=Path("runs/pics"))
     ap.add_argument("--images", type=Path, nargs="+", help="these images instead of the scenes")
+    ap.add_argument("--masks", type=Path, help="region masks of the --images (MASKS/STEM.png)")
     args = ap.parse_args()
     inputs = args.images or write_inputs(args.work / "in")
+    truths = (
+        photo_truths(inputs, args.masks)
+        if args.images
+        else {
+            i: (name, truth) for (i, name), (_, truth) in zip(SCENES.items(), scenes(), strict=True)
+        }
+    )
     rows = [("input", inputs)]
     for run in args.runs:
         name, _, ckpt = run.partition("=")
@@ -100,8 +122,8 @@ def main() -> None:
         cmd += ["--cocluster", "--k", "4", "--out", str(folder), *map(str, inputs)]
         subprocess.run(cmd, check=True)
         rows.append((name, sorted(folder.glob("*_k4.png"))))
-        if not args.images:
-            print(f"{name}: majority cluster per class", *regions(folder), sep="\n  ")
+        if truths:
+            print(f"{name}: majority cluster per class", *regions(folder, truths), sep="\n  ")
     sheet(rows, args.out)
 
 
