@@ -10,7 +10,8 @@
 # that rate, so its schedule (warm-up, cosine, teacher momentum) completes. A `timeout` twice as
 # long is only a safety net: SIGTERM makes training save a resumable checkpoint. Writes into
 # $OUT: python.log, probe.log, probe/, train.log, run/ (the run folder), scaleup.safetensors
-# (fp16 export), concepts_scaleup.json (with the baselines), concepts_default.json,
+# (fp16 export), concepts_scaleup.json (with the baselines), concepts_default.json, and where
+# REGIONS (default runs/regions) holds the photo-region set, concepts_regions_*.json;
 # summary.txt. DEVICE=cpu with a small TRAIN_S / BATCH / SCENES (EVAL_DATA=synthetic:10) checks
 # the script itself on a machine without a GPU.
 set -euo pipefail
@@ -62,12 +63,28 @@ $PY -m mcssl eval concepts --checkpoint "$OUT/run" "${EVAL[@]}" \
     --out "$OUT/concepts_scaleup.json" >"$OUT/eval_scaleup.log" 2>&1
 $PY -m mcssl eval concepts --checkpoint default "${EVAL[@]}" --no-baselines \
     --out "$OUT/concepts_default.json" >"$OUT/eval_default.log" 2>&1
+# the real-photo regions of must show 5, where they were carried along (they are fetched with
+# apt, which the device cannot reach: scripts/fetch_photos.sh runs/regions --regions here, then
+# the device call carries runs/regions)
+REGIONS=${REGIONS:-runs/regions}
+if [[ -d $REGIONS/images ]]; then
+    PHOTO=(--data "$REGIONS" --seeds 0 1 2 --resolution 96 --layer -1 --facet keys+concepts
+        --device "$DEVICE")
+    $PY -m mcssl eval concepts --checkpoint "$OUT/run" "${PHOTO[@]}" \
+        --out "$OUT/concepts_regions_scaleup.json" >"$OUT/eval_regions.log" 2>&1
+    $PY -m mcssl eval concepts --checkpoint default "${PHOTO[@]}" --no-baselines \
+        --out "$OUT/concepts_regions_default.json" >>"$OUT/eval_regions.log" 2>&1
+fi
 echo "eval: $(($(date +%s) - t0)) s wall" | tee -a "$SUMMARY"
 $PY - "$OUT" <<'EOF' | tee -a "$SUMMARY"
 import json
 import sys
+from pathlib import Path
 
-for run in ("scaleup", "default"):  # the checkpoint under its run's name, then the baselines
+# the checkpoint under its run's name, then the baselines; scenes, then photo regions if scored
+for run in ("scaleup", "default", "regions_scaleup", "regions_default"):
+    if not Path(f"{sys.argv[1]}/concepts_{run}.json").exists():
+        continue
     d = json.load(open(f"{sys.argv[1]}/concepts_{run}.json"))
     for mode, v in d["by_mode"].items():
         for name, m in v["methods"].items():
