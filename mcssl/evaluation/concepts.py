@@ -233,15 +233,16 @@ def score(feats: list[Feats], data: list[Labelled], patch: int, seed: int = 0) -
     for (t, grid, amax), item in zip(feats, data, strict=True):
         truth = truth_at(item.mask, grid, patch).ravel()
         keep = truth != UNLABELLED  # only labelled tokens are scored
-        labelled.append(t[keep])
-        truths.append(truth[keep])
+        t, truth = t[keep], truth[keep]
+        labelled.append(t)
+        truths.append(truth)
         argmax.append(None if amax is None else amax[keep])
-        k = len(np.unique(truth[keep]))
+        k = len(np.unique(truth))
         if k < 2:  # one concept only: nothing to separate
             continue
-        pred = kmeans_labels(t[keep], k, seed)
-        aris.append(ari(truth[keep], pred))
-        mious.append(matched_miou(truth[keep], pred))
+        pred = kmeans_labels(t, k, seed)
+        aris.append(ari(truth, pred))
+        mious.append(matched_miou(truth, pred))
     if not aris:
         raise BenchmarkError("no image has two or more ground-truth concepts at patch level")
     n_classes = len(np.unique(np.concatenate(truths)))
