@@ -1,0 +1,85 @@
+"""Round 32: is the default's gap to the baselines on the photo regions more than the photos
+drawn? Per photo: its per-image ARI (mean over k-means seeds 0-2) for the checkpoint and each
+baseline; then per baseline: the photos the checkpoint wins, the mean ARI difference and
+co-clustering NMI difference (as `mcssl eval concepts --data DIR` scores it: labelled cells
+only), each with the interval holding 90 % of bootstrap resamples of the photos (the same
+resamples for every method). DIR is what `scripts/fetch_photos.sh DIR --regions` writes.
+
+    python docs/results/region_paired.py RESOLUTION LAYER FACET DIR CHECKPOINT [RESAMPLES]
+"""
+
+import sys
+
+import numpy as np
+
+from mcssl.evaluation.concepts import UNLABELLED, featurisers, from_folder, truth_at
+from mcssl.explore.concepts import cocluster, kmeans_labels
+from mcssl.explore.encoder import load_encoder
+from mcssl.metrics import ari, nmi
+
+SEEDS = (0, 1, 2)
+
+
+def labelled(run, data, patch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """-> per photo (tokens, kinds) of its labelled cells."""
+    out = []
+    for (t, grid, _), item in zip(run([d.image for d in data]), data, strict=True):
+        truth = truth_at(item.mask, grid, patch).ravel()
+        keep = truth != UNLABELLED
+        out.append((t[keep], truth[keep]))
+    return out
+
+
+def per_photo_ari(cells: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """-> (photos,) mean ARI over SEEDS; NaN where a photo has one kind only."""
+    out = []
+    for t, truth in cells:
+        k = len(np.unique(truth))
+        out.append(
+            np.nan if k < 2 else np.mean([ari(truth, kmeans_labels(t, k, s)) for s in SEEDS])
+        )
+    return np.array(out)
+
+
+def cocluster_nmi(cells: list[tuple[np.ndarray, np.ndarray]], pick: np.ndarray) -> float:
+    """Co-clustering NMI of the picked photos (k = the kinds among them), mean over SEEDS."""
+    tokens = [cells[i][0] for i in pick]
+    truth = np.concatenate([cells[i][1] for i in pick])
+    k = len(np.unique(truth))
+    return float(np.mean([nmi(truth, np.concatenate(cocluster(tokens, k, s))) for s in SEEDS]))
+
+
+def main() -> None:
+    res, layer, facet, folder, ckpt, *rest = sys.argv[1:]
+    resamples = int(rest[0]) if rest else 200
+    data = from_folder(folder)
+    enc = load_encoder(ckpt)
+    runs = featurisers(enc, int(res), int(layer), baselines=True, seed=0, facet=facet)
+    cells = {name: labelled(run, data, enc.patch_size) for name, run in runs.items()}
+    aris = {name: per_photo_ari(c) for name, c in cells.items()}
+    names = [d.name for d in data]
+    print(f"{len(data)} photos from {folder}, {res} px, block {layer}, {facet}: {ckpt}")
+    print(f"{'photo':24s}" + "".join(f"{n:>14s}" for n in aris))
+    for i, name in enumerate(names):
+        print(f"{name:24s}" + "".join(f"{a[i]:14.3f}" for a in aris.values()))
+    rng = np.random.default_rng(0)
+    picks = [rng.integers(0, len(data), len(data)) for _ in range(resamples)]
+    full = np.arange(len(data))
+    co = {name: np.array([cocluster_nmi(c, p) for p in picks]) for name, c in cells.items()}
+    mine, two = aris["checkpoint"], ~np.isnan(aris["checkpoint"])  # photos with >= 2 kinds
+    print(f"\nresamples: {resamples}; intervals hold 90 % of them")
+    print("checkpoint against       wins   ARI diff [interval]          NMI diff [interval]")
+    for name in list(cells)[1:]:
+        d = mine[two] - aris[name][two]
+        boot = [np.mean(d[rng.integers(0, len(d), len(d))]) for _ in range(resamples)]
+        a_lo, a_hi = np.percentile(boot, [5, 95])
+        diff = cocluster_nmi(cells["checkpoint"], full) - cocluster_nmi(cells[name], full)
+        n_lo, n_hi = np.percentile(co["checkpoint"] - co[name], [5, 95])
+        print(
+            f"{name:22s} {int(np.sum(d > 0)):3d}/{len(d):<3d} {d.mean():+.3f} [{a_lo:+.3f}, "
+            f"{a_hi:+.3f}]   {diff:+.3f} [{n_lo:+.3f}, {n_hi:+.3f}]"
+        )
+
+
+if __name__ == "__main__":
+    main()
