@@ -11,9 +11,9 @@
 # long is only a safety net: SIGTERM makes training save a resumable checkpoint. Writes into
 # $OUT: python.log, probe.log, probe/, train.log, run/ (the run folder), scaleup.safetensors
 # (fp16 export), concepts_scaleup.json (with the baselines), concepts_default.json, and where
-# REGIONS (default runs/regions) holds the photo-region set, concepts_regions_*.json;
-# summary.txt. DEVICE=cpu with a small TRAIN_S / BATCH / SCENES (EVAL_DATA=synthetic:10) checks
-# the script itself on a machine without a GPU.
+# REGIONS (default runs/regions) holds the photo-region set, concepts_regions_*.json and
+# regions_paired_scaleup.txt; summary.txt. DEVICE=cpu with a small TRAIN_S / BATCH / SCENES
+# (EVAL_DATA=synthetic:10) checks the script itself on a machine without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_scaleup}
@@ -74,6 +74,11 @@ if [[ -d $REGIONS/images ]]; then
         --out "$OUT/concepts_regions_scaleup.json" >"$OUT/eval_regions.log" 2>&1
     $PY -m mcssl eval concepts --checkpoint default "${PHOTO[@]}" --no-baselines \
         --out "$OUT/concepts_regions_default.json" >>"$OUT/eval_regions.log" 2>&1
+    # is its gap to each baseline more than which photos were drawn? (RESULTS round 32)
+    if $PY docs/results/region_paired.py 96 -1 keys+concepts "$REGIONS" "$OUT/run" \
+        200 >"$OUT/regions_paired_scaleup.txt" 2>&1; then
+        tail -6 "$OUT/regions_paired_scaleup.txt" >>"$SUMMARY"
+    fi
 fi
 echo "eval: $(($(date +%s) - t0)) s wall" | tee -a "$SUMMARY"
 $PY - "$OUT" <<'EOF' | tee -a "$SUMMARY"
