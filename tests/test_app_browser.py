@@ -139,8 +139,8 @@ new MutationObserver(() => {
 def test_upload_overlays_click_retrieve_and_train(server, page, tmp_path: Path) -> None:
     url, runs = server
     page.add_init_script(WATCH)
-    # what the server sends: a bar shown and cleared within one browser frame is never drawn
-    # (a one-image encode takes ~50 ms), but its delta still crosses the websocket
+    # what the server sends: a bar shown and cleared within one browser frame (a quick machine
+    # encodes one small image that fast) is never drawn, but its delta still crosses the socket
     sent: list[bytes] = []
     page.on("websocket", lambda ws: ws.on("framereceived", lambda m: sent.append(_bytes(m))))
     page.goto(url)
