@@ -18,7 +18,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 from mcssl.checkpoint import CheckpointError, store_defaults
 from mcssl.cli import main
-from mcssl.evaluation.defaults import against_best, format_grid
+from mcssl.evaluation.concepts import load_benchmark, score
+from mcssl.evaluation.defaults import against_best, format_grid, grid_features, left_out, search
 from mcssl.explore.concepts import kmeans_labels
 from mcssl.explore.encoder import Encoder, load_encoder
 from mcssl.explore.features import (
@@ -217,6 +218,55 @@ def test_the_grid_flags_settings_whose_gap_to_the_best_is_within_the_seeds_noise
     assert one[1]["gap"] == pytest.approx(0.01) and one[1]["within_noise"] is None
     table = format_grid(result | {"rows": one, "best": one[0], "seeds": [0]})
     assert "within noise" not in table and "| -0.010 |" in table
+
+
+def test_on_a_folder_the_gap_is_judged_over_the_images_left_out() -> None:
+    def row(res: int, score: float, left_out: list[float]) -> dict:
+        by_mode = {"folder": {"ari": score, "miou": 0.5, "nmi": score}}
+        return {"resolution": res, "layer": -1, "facet": "keys", "score": score,
+                "seed_scores": [score] * 3, "by_mode": by_mode, "left_out": left_out}  # fmt: skip
+
+    # a folder's seeds only restart k-means: the seed scores agree, so over seeds any gap would
+    # look real; which images the folder holds moves the second row's gap a lot, the third's not
+    best = [0.62, 0.58, 0.61, 0.59, 0.60]
+    rows = [row(128, 0.6, best), row(96, 0.57, [0.55, 0.60, 0.56, 0.58, 0.56]),
+            row(64, 0.3, [b - 0.3 for b in best])]  # fmt: skip
+    against_best(rows)
+    d = np.array([0.07, -0.02, 0.05, 0.01, 0.04])
+    assert rows[1]["gap"] == pytest.approx(0.03)
+    assert rows[1]["gap_se"] == pytest.approx(np.sqrt(4 * d.var()))  # the jackknife's
+    assert rows[2]["gap_se"] == pytest.approx(0.0, abs=1e-12)
+    assert [r["within_noise"] for r in rows] == [True, True, False]
+    result = {"modes": ["folder"], "rows": rows, "best": rows[0], "seeds": [0, 1, 2],
+              "score": "s", "data": "photos"}  # fmt: skip
+    assert format_grid(result).splitlines()[-1] == (
+        "within noise of the best (paired gap over the images left out in turn inside the 95 % "
+        "t interval): 1 of 2: 96 / -1 / keys"
+    )
+
+
+def test_eval_defaults_on_a_folder_leaves_each_image_out_once(
+    smoke_export: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    scenes = load_benchmark("synthetic:4", 0)
+    for i, item in enumerate(scenes):
+        item.image.save(tmp_path / "images" / f"s{i}.png")
+        Image.fromarray(item.mask.astype(np.uint8)).save(tmp_path / "masks" / f"s{i}.png")
+    enc = load_encoder(smoke_export)
+    got = search(enc, str(tmp_path), [0, 1], resolutions=[32], layers=[-1], facets=["tokens"])
+    row, data = got["best"], load_benchmark(str(tmp_path))
+    (feats,) = grid_features(enc, [d.image for d in data], 32, [(-1, "tokens")]).values()
+    for i in (0, 3):  # the score of the other three images, mean over the two seeds
+        rest = [j for j in range(4) if j != i]
+        parts = [score([feats[j] for j in rest], [data[j] for j in rest], enc.patch_size, s)
+                 for s in (0, 1)]  # fmt: skip
+        assert row["left_out"][i] == pytest.approx(
+            np.mean([(p["ari"] + p["nmi"]) / 2 for p in parts])
+        )
+    assert len(row["left_out"]) == 4 and row["gap_se"] == 0.0
+    assert left_out(feats[:2], data[:2], enc.patch_size, 0) is None  # two images: no jackknife
 
 
 def test_write_needs_an_export(smoke_run: Path, capsys: pytest.CaptureFixture) -> None:

@@ -5,6 +5,9 @@ Score of a setting = the mean over scene modes of (per-image ARI + co-clustering
 as ``mcssl eval concepts`` measures them (mean over seeds): one number that rewards separating
 the concepts of each image and a vocabulary that holds across images. Each image is encoded
 once per resolution; every layer and facet of the grid comes out of that one forward pass.
+Whether a setting's gap to the best is noise: on scenes each seed draws new scenes, so the gap's
+spread over seeds says; on a folder every seed scores the same images, so each image is left out
+once (the jackknife) to see how much the gap depends on which images the folder holds.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from mcssl.evaluation.concepts import Feats, load_benchmark, score
+from mcssl.evaluation.concepts import BenchmarkError, Feats, Labelled, load_benchmark, score
 from mcssl.explore.encoder import Encoder
 from mcssl.explore.features import block_features, check_facet, facets_of, model_size, to_tensor
 
@@ -97,6 +100,8 @@ def search(
                 feats = grid_features(enc, [d.image for d in data], res, views)
                 for view in views:
                     got = score(feats[view], data, enc.patch_size, s)
+                    if mode == "folder":  # n more scorings: which images the folder holds
+                        got["left_out"] = left_out(feats[view], data, enc.patch_size, s)
                     scores.setdefault((res, *view), {}).setdefault(mode, []).append(got)
                 log(f"{mode} seed {s} {res} px: {len(views)} settings in "
                     f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
@@ -107,6 +112,21 @@ def search(
             "rows": rows, "best": rows[0]}  # fmt: skip
 
 
+def left_out(feats: list[Feats], data: list[Labelled], patch: int, seed: int) -> list[float] | None:
+    """-> the score with each image left out in turn, None where that cannot be scored (fewer
+    than three images, or one left out leaves none with two concepts)."""
+    if len(data) < 3:
+        return None
+    out = []
+    for i in range(len(data)):
+        try:
+            got = score(feats[:i] + feats[i + 1 :], data[:i] + data[i + 1 :], patch, seed)
+        except BenchmarkError:
+            return None
+        out.append((got["ari"] + got["nmi"]) / 2)
+    return out
+
+
 def _row(key: tuple[int, int, str], by_mode: dict[str, list[dict]]) -> dict:
     res, layer, facet = key
     means = {
@@ -114,23 +134,36 @@ def _row(key: tuple[int, int, str], by_mode: dict[str, list[dict]]) -> dict:
         for mode, runs in by_mode.items()
     }
     per_seed = np.mean([[(r["ari"] + r["nmi"]) / 2 for r in runs] for runs in by_mode.values()], 0)
-    return {"resolution": res, "layer": layer, "facet": facet, "score": float(per_seed.mean()),
-            "seed_scores": per_seed.tolist(), "by_mode": means}  # fmt: skip
+    row = {"resolution": res, "layer": layer, "facet": facet, "score": float(per_seed.mean()),
+           "seed_scores": per_seed.tolist(), "by_mode": means}  # fmt: skip
+    runs = by_mode.get("folder", [])
+    if runs and all(r["left_out"] is not None for r in runs):  # per image, mean over seeds
+        row["left_out"] = np.mean([r["left_out"] for r in runs], 0).tolist()
+    return row
 
 
 def against_best(rows: list[dict]) -> None:
-    """Adds each row's paired gap to the best row (``rows[0]``) over the evaluation seeds: the
-    same scenes score both, so a seed's own difficulty cancels. ``gap`` (mean), ``gap_se`` (its
-    standard error; None from one seed) and ``within_noise``: the gap lies inside the two-sided
-    95 % paired t interval. With three seeds that interval is wide (4.3 standard errors) on
-    purpose: the model bundled in rounds 24-27 read 0.006 ± 0.002 better at 128 px than at 96 px
-    over seeds 0-2 and 0.009 worse on seeds 3-5 (docs/RESULTS.md, round 27)."""
-    best = np.asarray(rows[0]["seed_scores"])
+    """Adds each row's paired gap to the best row (``rows[0]``): ``gap`` (mean over seeds),
+    ``gap_se`` (its standard error; None from one seed of scenes) and ``within_noise``: the gap
+    lies inside the two-sided 95 % paired t interval. Scenes: over the evaluation seeds (the
+    same scenes score both rows, so a seed's own difficulty cancels); with three seeds that
+    interval is wide (4.3 standard errors) on purpose: the model bundled in rounds 24-27 read
+    0.006 ± 0.002 better at 128 px than at 96 px over seeds 0-2 and 0.009 worse on seeds 3-5
+    (docs/RESULTS.md, round 27). A folder (rows with ``left_out``, mean over seeds): the
+    jackknife over its images, since its seeds only restart k-means (RESULTS.md, round 32); the
+    mean over seeds keeps k-means' own noise out of it (one seed, 13 photos: 34 of 35 settings
+    within noise of the best; three seeds: 32)."""
+    best = rows[0]
     for r in rows:
-        d = best - np.asarray(r["seed_scores"])
-        se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else None
-        within = None if se is None else bool(d.mean() <= stats.t.ppf(0.975, d.size - 1) * se)
-        r |= {"gap": float(d.mean()), "gap_se": se, "within_noise": within}
+        gap = best["score"] - r["score"]
+        if "left_out" in best and "left_out" in r:
+            d = np.asarray(best["left_out"]) - np.asarray(r["left_out"])
+            se: float | None = float(np.sqrt((d.size - 1) * d.var()))
+        else:
+            d = np.asarray(best["seed_scores"]) - np.asarray(r["seed_scores"])
+            se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else None
+        within = None if se is None else bool(gap <= stats.t.ppf(0.975, d.size - 1) * se)
+        r |= {"gap": float(gap), "gap_se": se, "within_noise": within}
 
 
 def format_grid(result: dict) -> str:
@@ -148,9 +181,11 @@ def format_grid(result: dict) -> str:
         lines.append("| " + " | ".join([*cells, best, f"{0.0 - r['gap']:.3f}{gap}"]) + " |")
     n = len(result["seeds"])
     lines.append(f"score = {result['score']}; {result['data']} x {n} seed(s); best first")
-    if n > 1:
+    if result["best"]["gap_se"] is not None:
+        over = "images left out in turn" if "left_out" in result["best"] else "seeds"
         ties = [_name(r) for r in result["rows"][1:] if r["within_noise"]]
-        lines.append("within noise of the best (paired gap inside the 95 % t interval): "
+        lines.append(f"within noise of the best (paired gap over the {over} inside the 95 % t "
+                     f"interval): {len(ties)} of {len(result['rows']) - 1}: "
                      + (", ".join(ties) or "none"))  # fmt: skip
     return "\n".join(lines)
 
