@@ -18,8 +18,11 @@ from mcssl.evaluation.concepts import (
     Labelled,
     argmax_spread,
     colour_features,
+    featurisers,
     from_folder,
     image_share,
+    jackknife_se,
+    left_out,
     load_benchmark,
     pixel_features,
     random_like,
@@ -27,7 +30,7 @@ from mcssl.evaluation.concepts import (
     texture_features,
     truth_at,
 )
-from mcssl.explore.encoder import Encoder
+from mcssl.explore.encoder import Encoder, load_encoder
 from mcssl.images import neighbourhood_mean
 from mcssl.models import build_backbone
 
@@ -135,6 +138,61 @@ def test_folder_benchmark_and_its_errors(tmp_path: Path) -> None:
         load_benchmark(str(tmp_path / "images"))
 
 
+def test_the_jackknife_leaves_each_image_or_group_out_once() -> None:
+    data, splits = [], (8, 16, 24, 16, 8)
+    for i, split in enumerate(splits):
+        img, mask = _two_colour_image(split)
+        data.append(Labelled(img, mask, f"i{i}"))
+    feats = pixel_features(8, 32)([d.image for d in data])
+    one = left_out(feats, data, 8, 0)
+    assert one is not None and [r["images"] for r in one] == [4] * 5
+    two = left_out(feats, data, 8, 0, groups=2)  # images 0, 2, 4 in one group, 1, 3 the other
+    assert two is not None and [r["images"] for r in two] == [2, 3]
+    assert left_out(feats[:2], data[:2], 8, 0) is None  # two images: nothing to leave out
+    # the jackknife's standard error of a mean is the textbook one, std / sqrt(n)
+    x = np.random.default_rng(0).normal(size=7)
+    loo = (x.sum() - x) / 6
+    assert jackknife_se(loo) == pytest.approx(x.std(ddof=1) / np.sqrt(7))
+
+
+def test_on_a_folder_the_uncertainty_is_over_its_images(
+    smoke_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A folder's seeds only restart k-means on the same images; which images the folder holds
+    is what a result depends on, so it reports the jackknife over them (RESULTS.md round 32)."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for item in load_benchmark("synthetic:4", 0):
+        item.image.save(tmp_path / "images" / f"{item.name}.png")
+        Image.fromarray(item.mask.astype(np.uint8)).save(tmp_path / "masks" / f"{item.name}.png")
+    out = tmp_path / "r.json"
+    args = ["eval", "concepts", "--checkpoint", str(smoke_run), "--data", str(tmp_path),
+            "--seeds", "0", "1", "--resolution", "32", "--layer", "-1", "--facet", "tokens",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    got = json.loads(out.read_text())["methods"]
+    enc, data = load_encoder(smoke_run), from_folder(tmp_path)
+    runs, p = featurisers(enc, 32, -1, True, 0, "tokens"), enc.patch_size
+    feats = {n: runs[n]([d.image for d in data]) for n in ("checkpoint", "pixels")}
+    loo = {n: np.mean([[r["nmi"] for r in left_out(f, data, p, s)] for s in (0, 1)], 0)
+           for n, f in feats.items()}  # fmt: skip
+    assert got["pixels"]["nmi_se_images"] == pytest.approx(jackknife_se(loo["pixels"]))
+    paired = jackknife_se(loo["checkpoint"] - loo["pixels"])
+    assert got["pixels"]["nmi_gap_se_images"] == pytest.approx(paired)
+    assert got["pixels"]["nmi_gap"] == pytest.approx(
+        got["checkpoint"]["nmi"] - got["pixels"]["nmi"]
+    )
+    ari = got["colour_stats"]
+    assert (
+        f"checkpoint minus colour_stats: ARI {ari['ari_gap']:+.3f} ± {ari['ari_gap_se_images']:.3f}"
+        in text
+    )
+    assert "± = standard error over the images" in text
+    ck = got["checkpoint"]
+    assert f"{ck['nmi']:.3f} ± {ck['nmi_se_images']:.3f}" in text  # not ± the std over seeds
+
+
 def test_command_prints_a_table_and_writes_json(
     smoke_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -165,6 +223,7 @@ def test_command_prints_a_table_and_writes_json(
     assert 0 <= ck["image_share"] <= 1 and 0 <= ck["nmi_image_argmax"] <= 1
     assert ck["images_per_concept"] >= 1 and "image_share" in res["methods"]["pixels"]
     assert "nmi_image_argmax" not in res["methods"]["pixels"]  # no head, no argmax
+    assert "ari_se_images" not in ck  # scenes: each seed draws new ones, ± is over seeds
     assert main(["eval", "concepts", "--checkpoint", str(smoke_run), "--data", "nope"]) == 1
     assert (
         "mcssl eval concepts: error: nope: expected images/ and masks/" in capsys.readouterr().err

@@ -18,8 +18,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 from mcssl.checkpoint import CheckpointError, store_defaults
 from mcssl.cli import main
-from mcssl.evaluation.concepts import load_benchmark, score
-from mcssl.evaluation.defaults import against_best, format_grid, grid_features, left_out, search
+from mcssl.evaluation.concepts import left_out, load_benchmark, score
+from mcssl.evaluation.defaults import against_best, format_grid, grid_features, search
 from mcssl.explore.concepts import kmeans_labels
 from mcssl.explore.encoder import Encoder, load_encoder
 from mcssl.explore.features import (

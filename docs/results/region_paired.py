@@ -13,7 +13,13 @@ import sys
 
 import numpy as np
 
-from mcssl.evaluation.concepts import UNLABELLED, featurisers, from_folder, truth_at
+from mcssl.evaluation.concepts import (
+    UNLABELLED,
+    featurisers,
+    from_folder,
+    jackknife_se,
+    truth_at,
+)
 from mcssl.explore.concepts import cocluster, kmeans_labels
 from mcssl.explore.encoder import load_encoder
 from mcssl.metrics import ari, nmi
@@ -77,7 +83,7 @@ def main() -> None:
         boot = [np.mean(d[rng.integers(0, len(d), len(d))]) for _ in range(resamples)]
         a_lo, a_hi = np.percentile(boot, [5, 95])
         gap = co["checkpoint"] - co[name]  # [all photos, then each left out]
-        se = np.sqrt((len(data) - 1) * np.var(gap[1:]))  # the jackknife's standard error
+        se = jackknife_se(gap[1:])
         print(
             f"{name:22s} {int(np.sum(d > 0)):3d}/{len(d):<3d} {d.mean():+.3f} [{a_lo:+.3f}, "
             f"{a_hi:+.3f}]   {gap[0]:+.3f} [{gap[0] - 1.645 * se:+.3f}, {gap[0] + 1.645 * se:+.3f}]"

@@ -267,6 +267,39 @@ def score(feats: list[Feats], data: list[Labelled], patch: int, seed: int = 0) -
     }
 
 
+JACKKNIFE_GROUPS = 20  # at most this many scorings more: a larger folder leaves out groups
+OVER_IMAGES = ("ari", "miou", "nmi")  # the scores against the truth that the jackknife reads
+
+
+def left_out(
+    feats: list[Feats], data: list[Labelled], patch: int, seed: int, groups: int = JACKKNIFE_GROUPS
+) -> list[dict[str, float]] | None:
+    """The jackknife over a folder's images: -> ``score`` with each group of images left out in
+    turn (image i in group i mod G, G = min(images, groups): one image a group up to G images),
+    None where that cannot be scored (fewer than three images, or a group left out leaves none
+    with two concepts). A folder's seeds only restart k-means on the same images, so this, not
+    the spread over seeds, says how much a result depends on which images the folder holds."""
+    n = len(data)
+    if n < 3:
+        return None
+    g = min(n, groups)
+    out = []
+    for drop in range(g):
+        keep = [i for i in range(n) if i % g != drop]
+        try:
+            out.append(score([feats[i] for i in keep], [data[i] for i in keep], patch, seed))
+        except BenchmarkError:
+            return None
+    return out
+
+
+def jackknife_se(values: np.ndarray) -> float:
+    """Standard error of a statistic from its G leave-one-(group-)out values (G,):
+    sqrt((G - 1) / G * sum((v - mean(v))^2))."""
+    v = np.asarray(values, dtype=float)
+    return float(np.sqrt((v.size - 1) * v.var()))
+
+
 def featurisers(
     enc: Encoder, resolution: int, layer: int, baselines: bool, seed: int, facet: str = "tokens"
 ) -> dict[str, Featuriser]:
@@ -299,6 +332,23 @@ def _summary(per_seed: dict[str, list[dict]]) -> dict[str, dict]:
     return summary
 
 
+def _over_images(methods: dict[str, dict], loo: dict[str, list[list[dict] | None]]) -> None:
+    """Adds the jackknife over a folder's images (each left-out score a mean over seeds) to
+    each method: ``{m}_se_images``; for each baseline also ``{m}_gap``, the checkpoint minus it,
+    and ``{m}_gap_se_images``, paired (the same images are left out of both)."""
+    values = {
+        name: {m: np.mean([[x[m] for x in run] for run in runs], 0) for m in OVER_IMAGES}
+        for name, runs in loo.items()
+    }
+    mine = values["checkpoint"]
+    for name, v in values.items():
+        for m in OVER_IMAGES:
+            methods[name][f"{m}_se_images"] = jackknife_se(v[m])
+            if name != "checkpoint":
+                methods[name][f"{m}_gap"] = methods["checkpoint"][m] - methods[name][m]
+                methods[name][f"{m}_gap_se_images"] = jackknife_se(mine[m] - v[m])
+
+
 def evaluate(
     enc: Encoder,
     data_spec: str,
@@ -315,12 +365,14 @@ def evaluate(
     size (the scale its features were learnt at), else the images'.
     -> {"by_mode": {mode: {"methods": {name: {metric: mean over seeds, metric_sd_seeds: std
     over seeds, images_per_seed}}, "per_seed": {name: [scores per seed]}}}, "methods" and
-    "per_seed": those of the first mode, ...}."""
+    "per_seed": those of the first mode, ...}. A folder's methods also get the jackknife over its
+    images (``_over_images``; up to ``JACKKNIFE_GROUPS`` more scorings a method and seed)."""
     if not data_spec.startswith("synthetic:"):
         modes = ("folder",)
     by_mode = {}
     for mode in modes:
         per_seed: dict[str, list[dict]] = {}
+        loo: dict[str, list[list[dict] | None]] = {}
         for s in seeds:
             data = load_benchmark(data_spec, s, "fixed" if mode == "folder" else mode)
             res = resolution or int(enc.info.get("img_size") or min(data[0].image.size))
@@ -329,7 +381,11 @@ def evaluate(
                 per_seed.setdefault(name, []).append(
                     {"seed": s, **score(feats, data, enc.patch_size, s)}
                 )
+                if mode == "folder":
+                    loo.setdefault(name, []).append(left_out(feats, data, enc.patch_size, s))
         by_mode[mode] = {"methods": _summary(per_seed), "per_seed": per_seed}
+        if loo and all(r is not None for runs in loo.values() for r in runs):
+            _over_images(by_mode[mode]["methods"], loo)
     first = by_mode[modes[0]]
     return {"data": data_spec, "seeds": seeds, "modes": list(modes), "by_mode": by_mode, **first}
 
@@ -345,19 +401,39 @@ _COLUMNS = (
 )
 
 
+def _cell(m: dict, k: str) -> str:
+    """mean ± the jackknife's standard error over the images where there is one, else ± the
+    std over seeds."""
+    if k not in m:
+        return "-"
+    return f"{m[k]:.3f} ± {m.get(k + '_se_images', m[k + '_sd_seeds']):.3f}"
+
+
 def format_table(result: dict) -> str:
-    """One block per scene mode: a row per method, mean ± std over seeds per metric."""
+    """One block per scene mode: a row per method, mean ± std over seeds per metric (a folder:
+    ± the standard error over its images, then the checkpoint's paired gap to each baseline)."""
     lines = []
     for mode, got in result.get("by_mode", {"-": result}).items():
         lines.append(f"[{mode}] {'method':<12} " + " ".join(f"{h:>14}" for h, _ in _COLUMNS))
         for name, m in got["methods"].items():
-            cells = [
-                f"{m[k]:.3f} ± {m[k + '_sd_seeds']:.3f}" if k in m else "-" for _, k in _COLUMNS
-            ]
+            cells = [_cell(m, k) for _, k in _COLUMNS]
             lines.append(f"{'':<{len(mode) + 3}}{name:<12} " + " ".join(f"{c:>14}" for c in cells))
+        for name, m in got["methods"].items():
+            if "ari_gap" in m:
+                gaps = [f"{h} {m[k + '_gap']:+.3f} ± {m[k + '_gap_se_images']:.3f}"
+                        for h, k in _COLUMNS if k in OVER_IMAGES]  # fmt: skip
+                lines.append(f"{'':<{len(mode) + 3}}checkpoint minus {name}: " + ", ".join(gaps))
     n, s = result["methods"]["checkpoint"]["images_per_seed"], len(result["seeds"])
+    over = "ari_se_images" in result["methods"]["checkpoint"]
     lines.append(
-        f"{n} images x {s} seeds ({result['data']}); ± = std over seeds; img share = token "
-        "variance explained by image identity; NMI arg/img = argmax pseudo-concepts vs image id"
+        f"{n} images x {s} seeds ({result['data']}); ± = "
+        + (
+            "standard error over the images (ARI, mIoU, NMI co-cl.: each left out once, the "
+            "jackknife), else std over seeds"
+            if over
+            else "std over seeds"
+        )  # fmt: skip
+        + "; img share = token variance explained by image identity; NMI arg/img = argmax "
+        "pseudo-concepts vs image id"
     )
     return "\n".join(lines)

@@ -7,7 +7,8 @@ the concepts of each image and a vocabulary that holds across images. Each image
 once per resolution; every layer and facet of the grid comes out of that one forward pass.
 Whether a setting's gap to the best is noise: on scenes each seed draws new scenes, so the gap's
 spread over seeds says; on a folder every seed scores the same images, so each image is left out
-once (the jackknife) to see how much the gap depends on which images the folder holds.
+once (the jackknife; groups of images past 20) to see how much the gap depends on which images
+the folder holds.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from mcssl.evaluation.concepts import BenchmarkError, Feats, Labelled, load_benchmark, score
+from mcssl.evaluation.concepts import Feats, jackknife_se, left_out, load_benchmark, score
 from mcssl.explore.encoder import Encoder
 from mcssl.explore.features import block_features, check_facet, facets_of, model_size, to_tensor
 
@@ -100,8 +101,11 @@ def search(
                 feats = grid_features(enc, [d.image for d in data], res, views)
                 for view in views:
                     got = score(feats[view], data, enc.patch_size, s)
-                    if mode == "folder":  # n more scorings: which images the folder holds
-                        got["left_out"] = left_out(feats[view], data, enc.patch_size, s)
+                    if mode == "folder":  # which images the folder holds: up to 20 scorings
+                        loo = left_out(feats[view], data, enc.patch_size, s)
+                        got["left_out"] = (
+                            None if loo is None else [(x["ari"] + x["nmi"]) / 2 for x in loo]
+                        )
                     scores.setdefault((res, *view), {}).setdefault(mode, []).append(got)
                 log(f"{mode} seed {s} {res} px: {len(views)} settings in "
                     f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
@@ -110,21 +114,6 @@ def search(
     against_best(rows)
     return {"data": data_spec, "seeds": seeds, "modes": list(modes), "score": SCORE,
             "rows": rows, "best": rows[0]}  # fmt: skip
-
-
-def left_out(feats: list[Feats], data: list[Labelled], patch: int, seed: int) -> list[float] | None:
-    """-> the score with each image left out in turn, None where that cannot be scored (fewer
-    than three images, or one left out leaves none with two concepts)."""
-    if len(data) < 3:
-        return None
-    out = []
-    for i in range(len(data)):
-        try:
-            got = score(feats[:i] + feats[i + 1 :], data[:i] + data[i + 1 :], patch, seed)
-        except BenchmarkError:
-            return None
-        out.append((got["ari"] + got["nmi"]) / 2)
-    return out
 
 
 def _row(key: tuple[int, int, str], by_mode: dict[str, list[dict]]) -> dict:
@@ -158,7 +147,7 @@ def against_best(rows: list[dict]) -> None:
         gap = best["score"] - r["score"]
         if "left_out" in best and "left_out" in r:
             d = np.asarray(best["left_out"]) - np.asarray(r["left_out"])
-            se: float | None = float(np.sqrt((d.size - 1) * d.var()))
+            se: float | None = jackknife_se(d)
         else:
             d = np.asarray(best["seed_scores"]) - np.asarray(r["seed_scores"])
             se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else None
