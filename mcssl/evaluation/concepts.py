@@ -424,16 +424,12 @@ def format_table(result: dict) -> str:
                         for h, k in _COLUMNS if k in OVER_IMAGES]  # fmt: skip
                 lines.append(f"{'':<{len(mode) + 3}}checkpoint minus {name}: " + ", ".join(gaps))
     n, s = result["methods"]["checkpoint"]["images_per_seed"], len(result["seeds"])
-    over = "ari_se_images" in result["methods"]["checkpoint"]
+    spread = "std over seeds"
+    if "ari_se_images" in result["methods"]["checkpoint"]:
+        spread = "standard error over the images (ARI, mIoU, NMI co-cl.: each left out once, the "
+        spread += "jackknife), else std over seeds"
     lines.append(
-        f"{n} images x {s} seeds ({result['data']}); ± = "
-        + (
-            "standard error over the images (ARI, mIoU, NMI co-cl.: each left out once, the "
-            "jackknife), else std over seeds"
-            if over
-            else "std over seeds"
-        )  # fmt: skip
-        + "; img share = token variance explained by image identity; NMI arg/img = argmax "
-        "pseudo-concepts vs image id"
+        f"{n} images x {s} seeds ({result['data']}); ± = {spread}; img share = token variance "
+        "explained by image identity; NMI arg/img = argmax pseudo-concepts vs image id"
     )
     return "\n".join(lines)
