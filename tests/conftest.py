@@ -39,3 +39,20 @@ def smoke_export(smoke_run: Path) -> Path:
     out = smoke_run.parent / "teacher.safetensors"
     export_teacher(smoke_run, out)
     return out
+
+
+@pytest.fixture
+def scene_folder(tmp_path: Path) -> Path:
+    """Four generated scenes written as a labelled folder (images/ + masks/), as a user's."""
+    import numpy as np
+    from PIL import Image
+
+    from mcssl.evaluation.concepts import load_benchmark
+
+    root = tmp_path / "scenes"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, item in enumerate(load_benchmark("synthetic:4", 0)):
+        item.image.save(root / "images" / f"s{i}.png")
+        Image.fromarray(item.mask.astype(np.uint8)).save(root / "masks" / f"s{i}.png")
+    return root

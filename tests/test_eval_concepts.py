@@ -156,23 +156,18 @@ def test_the_jackknife_leaves_each_image_or_group_out_once() -> None:
 
 
 def test_on_a_folder_the_uncertainty_is_over_its_images(
-    smoke_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    smoke_run: Path, scene_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """A folder's seeds only restart k-means on the same images; which images the folder holds
     is what a result depends on, so it reports the jackknife over them (RESULTS.md round 32)."""
-    (tmp_path / "images").mkdir()
-    (tmp_path / "masks").mkdir()
-    for item in load_benchmark("synthetic:4", 0):
-        item.image.save(tmp_path / "images" / f"{item.name}.png")
-        Image.fromarray(item.mask.astype(np.uint8)).save(tmp_path / "masks" / f"{item.name}.png")
     out = tmp_path / "r.json"
-    args = ["eval", "concepts", "--checkpoint", str(smoke_run), "--data", str(tmp_path),
+    args = ["eval", "concepts", "--checkpoint", str(smoke_run), "--data", str(scene_folder),
             "--seeds", "0", "1", "--resolution", "32", "--layer", "-1", "--facet", "tokens",
             "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     text = capsys.readouterr().out
     got = json.loads(out.read_text())["methods"]
-    enc, data = load_encoder(smoke_run), from_folder(tmp_path)
+    enc, data = load_encoder(smoke_run), from_folder(scene_folder)
     runs, p = featurisers(enc, 32, -1, True, 0, "tokens"), enc.patch_size
     feats = {n: runs[n]([d.image for d in data]) for n in ("checkpoint", "pixels")}
     loo = {n: np.mean([[r["nmi"] for r in left_out(f, data, p, s)] for s in (0, 1)], 0)
