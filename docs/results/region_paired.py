@@ -18,19 +18,21 @@ from mcssl.evaluation.concepts import (
     featurisers,
     from_folder,
     jackknife_se,
+    left_out,
+    score,
     truth_at,
 )
-from mcssl.explore.concepts import cocluster, kmeans_labels
+from mcssl.explore.concepts import kmeans_labels
 from mcssl.explore.encoder import load_encoder
-from mcssl.metrics import ari, nmi
+from mcssl.metrics import ari
 
 SEEDS = (0, 1, 2)
 
 
-def labelled(run, data, patch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def labelled(feats, data, patch: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """-> per photo (tokens, kinds) of its labelled cells."""
     out = []
-    for (t, grid, _), item in zip(run([d.image for d in data]), data, strict=True):
+    for (t, grid, _), item in zip(feats, data, strict=True):
         truth = truth_at(item.mask, grid, patch).ravel()
         keep = truth != UNLABELLED
         out.append((t[keep], truth[keep]))
@@ -48,12 +50,14 @@ def per_photo_ari(cells: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     return np.array(out)
 
 
-def cocluster_nmi(cells: list[tuple[np.ndarray, np.ndarray]], pick: np.ndarray) -> float:
-    """Co-clustering NMI of the picked photos (k = the kinds among them), mean over SEEDS."""
-    tokens = [cells[i][0] for i in pick]
-    truth = np.concatenate([cells[i][1] for i in pick])
-    k = len(np.unique(truth))
-    return float(np.mean([nmi(truth, np.concatenate(cocluster(tokens, k, s))) for s in SEEDS]))
+def nmi_all_then_left_out(feats, data, patch: int) -> np.ndarray:
+    """-> (1 + photos,) co-clustering NMI of all photos, then with each left out (the package's
+    jackknife), each a mean over SEEDS."""
+    rows = [
+        [score(feats, data, patch, s)["nmi"]] + [r["nmi"] for r in left_out(feats, data, patch, s)]
+        for s in SEEDS
+    ]
+    return np.mean(rows, 0)
 
 
 def main() -> None:
@@ -62,8 +66,8 @@ def main() -> None:
     data = from_folder(folder)
     enc = load_encoder(ckpt)
     runs = featurisers(enc, int(res), int(layer), baselines=True, seed=0, facet=facet)
-    cells = {name: labelled(run, data, enc.patch_size) for name, run in runs.items()}
-    aris = {name: per_photo_ari(c) for name, c in cells.items()}
+    feats = {name: run([d.image for d in data]) for name, run in runs.items()}
+    aris = {name: per_photo_ari(labelled(f, data, enc.patch_size)) for name, f in feats.items()}
     names = [d.name for d in data]
     print(f"{len(data)} photos from {folder}, {res} px, block {layer}, {facet}: {ckpt}")
     print(f"{'photo':24s}" + "".join(f"{n:>14s}" for n in aris))
@@ -72,13 +76,11 @@ def main() -> None:
     mine, two = aris["checkpoint"], ~np.isnan(aris["checkpoint"])  # photos with >= 2 kinds
     # co-clustering NMI is not a mean over photos, and a resample that repeats a photo biases
     # it (a bootstrap interval of the gap could miss the gap itself), so leave one photo out
-    everyone = np.arange(len(data))
-    drop = [np.delete(everyone, i) for i in everyone]
-    co = {n: np.array([cocluster_nmi(c, p) for p in [everyone, *drop]]) for n, c in cells.items()}
+    co = {n: nmi_all_then_left_out(f, data, enc.patch_size) for n, f in feats.items()}
     rng = np.random.default_rng(0)
     print(f"\nARI: {resamples} bootstrap resamples of the photos; NMI: jackknife over the photos")
     print("checkpoint against       wins   ARI diff [90 % interval]     NMI diff [90 % interval]")
-    for name in list(cells)[1:]:
+    for name in list(feats)[1:]:
         d = mine[two] - aris[name][two]
         boot = [np.mean(d[rng.integers(0, len(d), len(d))]) for _ in range(resamples)]
         a_lo, a_hi = np.percentile(boot, [5, 95])
