@@ -28,7 +28,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
-K_MIN, K_MAX = 2, 8
+K_MIN, K_MAX = 2, 9  # 9: a colour a cluster in render.PALETTE; a labelled folder: 9 kinds
 DEFAULT_KS = (2, 3, 4)
 K_CHOICES = (2, 3, 4, 5, 6, 8)  # the explorer's k choices (labels are chained through them)
 N_INIT = 1
@@ -142,7 +142,7 @@ def _kmeans_normalised(x: np.ndarray, k: int, seed: int, n_init: int) -> np.ndar
 
 
 def kmeans_labels(tokens: np.ndarray, k: int, seed: int = 0, n_init: int = N_INIT) -> np.ndarray:
-    """Cluster ``tokens`` (N, D) into ``k`` clusters (2..8) by k-means on L2-normalised rows.
+    """Cluster ``tokens`` (N, D) into ``k`` clusters (2..9) by k-means on L2-normalised rows.
 
     Returns (N,) int64 ids in 0..k-1, renumbered by cluster size (0 = largest); the same
     tokens and seed always give the same labels. Small inputs: N == 0 gives an empty array;

@@ -65,7 +65,7 @@ def _rgb(image: Image.Image) -> Image.Image:
 
 def colourise(labels: np.ndarray) -> np.ndarray:
     """(H, W) label map -> (H, W, 3) uint8 colours from :data:`PALETTE` (ids beyond the
-    palette wrap around; k-means here has k <= 8 so they never do)."""
+    palette wrap around; k-means here has k <= K_MAX = 9 so they never do)."""
     lab = _labels2d(labels)
     return _PALETTE_ARRAY[lab % len(PALETTE)]
 
