@@ -64,8 +64,8 @@ $PY -m mcssl eval concepts --checkpoint "$OUT/run" "${EVAL[@]}" \
 $PY -m mcssl eval concepts --checkpoint default "${EVAL[@]}" --no-baselines \
     --out "$OUT/concepts_default.json" >"$OUT/eval_default.log" 2>&1
 # the real-photo regions of must show 5, where they were carried along (they are fetched with
-# apt, which the device cannot reach: scripts/fetch_photos.sh runs/regions --regions here, then
-# the device call carries runs/regions)
+# apt, which the device cannot reach: scripts/fetch_photos.sh runs/regions --regions and
+# --regions-more here, then the device call carries runs/regions)
 REGIONS=${REGIONS:-runs/regions}
 if [[ -d $REGIONS/images ]]; then
     PHOTO=(--data "$REGIONS" --seeds 0 1 2 --resolution 96 --layer -1 --facet keys+concepts

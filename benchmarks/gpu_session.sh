@@ -6,7 +6,7 @@
 # the logs and JSON into one archive beside the scaled-up model:
 #   OUT=/some/folder bash benchmarks/gpu_session.sh     (about 9 minutes on one H100)
 # To score the photo regions of must show 5 too, run `scripts/fetch_photos.sh runs/regions
-# --regions` here first and carry runs/regions (git ignores it) with the device call.
+# --regions` and `... --regions-more` here first and carry runs/regions (git ignores it).
 # $OUT gets gpu_results.tgz (check/ and scaleup/, without the resumable run state) and
 # scaleup.safetensors (the scaled-up teacher, fp16).
 set -uo pipefail
