@@ -16,17 +16,20 @@
 #                                               scripts/photo_regions_gcompris.json, the same
 #                                               way; into the same OUT_DIR as --regions, the
 #                                               kinds keep their ids (round 33)
+#   scripts/fetch_photos.sh OUT_DIR --train-more    the 51 other photos of those GCompris
+#                                               activities and explore_world_animals, none of
+#                                               them labelled: training data (round 34)
 # Needs apt package lists (`apt-get update` once). Nothing at run time or in the tests needs them.
 set -euo pipefail
-out=${1:?usage: scripts/fetch_photos.sh OUT_DIR [--held-out | --regions | --regions-more]}
+out=${1:?usage: scripts/fetch_photos.sh OUT_DIR [--held-out | --regions | --regions-more | --train-more]}
 set=${2:-train}
 py=${PYTHON:-.venv/bin/python}
 case $set in
   train) pkgs=(mate-backgrounds lomiri-wallpapers-20.04) ;;
   --held-out) pkgs=(lomiri-wallpapers-16.04) ;;
   --regions) pkgs=(lomiri-wallpapers-16.04 plasma-workspace-wallpapers) ;;
-  --regions-more) pkgs=(gcompris-qt-data) ;;
-  *) echo "fetch_photos.sh: unknown option $set (expected --held-out, --regions or --regions-more)" >&2; exit 2 ;;
+  --regions-more | --train-more) pkgs=(gcompris-qt-data) ;;
+  *) echo "fetch_photos.sh: unknown option $set (expected --held-out, --regions, --regions-more or --train-more)" >&2; exit 2 ;;
 esac
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -34,7 +37,7 @@ trap 'rm -rf "$tmp"' EXIT
 for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/x"; done
 mkdir -p "$out"
 spec=$(dirname "$0")/photo_regions.json
-[[ $set == --regions-more ]] && spec=$(dirname "$0")/photo_regions_gcompris.json
+[[ $set == --regions-more || $set == --train-more ]] && spec=$(dirname "$0")/photo_regions_gcompris.json
 "$py" - "$tmp/x/usr/share" "$out" "$set" "$spec" <<'PY'
 import io
 import json
@@ -88,6 +91,14 @@ def save(p: Path | bytes, dest: Path) -> Image.Image:
     return im
 
 
+rcc = {}  # GCompris' photos by file name (its Qt resource files)
+activities = {"--regions-more": ["explore_monuments", "erase"],
+              "--train-more": ["explore_monuments", "erase", "explore_world_animals"]}
+for activity in activities.get(which, []):
+    files = rcc_files(share / f"gcompris-qt/rcc/{activity}.rcc")
+    rcc |= {Path(n).stem: v for n, v in files.items() if n.endswith(".webp")}
+spec = json.loads(Path(regions).read_text())
+
 if which == "train":
     photos = [src / "Kleiber_by_Lukas_Baubkus.jpg", *sorted((src / "mate/nature").glob("*.jpg"))]
     names = [p.stem for p in photos]
@@ -95,19 +106,16 @@ elif which == "--held-out":  # numbered in the order of the round-25 sheet
     stems = ["aitzgorri", "picosdeeuropa", "Dragonfly", "life", "friends", "Bridge"]
     photos = [next(src.glob(f"{s}_by_*.jpg")) for s in stems]
     names = [f"{i}_{s}" for i, s in enumerate(stems, 1)]
+elif which == "--train-more":  # none of the labelled photos of --regions-more
+    names = sorted(n for n in rcc if n not in spec["photos"])
+    photos = [rcc[n] for n in names]
 if not which.startswith("--regions"):
     for p, name in zip(photos, names):
         save(p, out / f"{name}.jpg")
     print(f"{len(photos)} photos in {out}")
     sys.exit()
 
-spec = json.loads(Path(regions).read_text())
 ids = {kind: i for i, kind in enumerate(spec["kinds"])}
-rcc = {}
-if which == "--regions-more":  # the photos of two GCompris activities, by file name
-    for activity in ("explore_monuments", "erase"):
-        files = rcc_files(share / f"gcompris-qt/rcc/{activity}.rcc")
-        rcc |= {Path(n).stem: v for n, v in files.items() if n.endswith(".webp")}
 (out / "images").mkdir(exist_ok=True)
 (out / "masks").mkdir(exist_ok=True)
 for name, boxes in spec["photos"].items():
