@@ -30,6 +30,7 @@ from mcssl.evaluation.concepts import (
     texture_features,
     truth_at,
 )
+from mcssl.explore.concepts import K_MAX
 from mcssl.explore.encoder import Encoder, load_encoder
 from mcssl.images import neighbourhood_mean
 from mcssl.models import build_backbone
@@ -141,6 +142,15 @@ def test_folder_benchmark_and_its_errors(tmp_path: Path) -> None:
             load_benchmark(bad)
     with pytest.raises(BenchmarkError, match="images/ and masks/"):
         load_benchmark(str(tmp_path / "images"))
+    (tmp_path / "images" / "b.png").unlink()
+    many = np.arange(32 * 32).reshape(32, 32) % (K_MAX + 1)  # one class too many, and unlabelled
+    many[0, 0] = UNLABELLED
+    Image.fromarray(many.astype(np.uint8)).save(tmp_path / "masks" / "a.png")
+    with pytest.raises(BenchmarkError, match=f"{K_MAX + 1} classes; co-clustering takes at most"):
+        from_folder(tmp_path)
+    many[many == K_MAX] = UNLABELLED  # K_MAX classes: fine
+    Image.fromarray(many.astype(np.uint8)).save(tmp_path / "masks" / "a.png")
+    assert len(from_folder(tmp_path)) == 1
 
 
 def test_the_jackknife_leaves_each_image_or_group_out_once() -> None:

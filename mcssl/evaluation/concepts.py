@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mcssl.explore.concepts import _normalise, cocluster, kmeans_labels
+from mcssl.explore.concepts import K_MAX, _normalise, cocluster, kmeans_labels
 from mcssl.explore.encoder import HEAD_FACETS, Encoder
 from mcssl.explore.features import FeatureExtractor, Settings, model_size, to_tensor
 from mcssl.images import IMAGE_EXTENSIONS, ImageError, load_rgb, texture_map
@@ -87,6 +87,9 @@ def from_folder(root: str | Path) -> list[Labelled]:
         out.append(Labelled(img, mask.astype(np.int64), path.stem))
     if not out:
         raise BenchmarkError(f"{root}/images: no images")
+    classes = np.unique(np.concatenate([np.unique(item.mask) for item in out]))
+    if (n := len(classes[classes != UNLABELLED])) > K_MAX:  # one co-clustering cluster a class
+        raise BenchmarkError(f"{root}/masks: {n} classes; co-clustering takes at most {K_MAX}")
     return out
 
 
