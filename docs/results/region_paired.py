@@ -4,12 +4,15 @@ baseline; then per baseline: the photos the checkpoint wins, the mean ARI differ
 interval holding 90 % of bootstrap resamples of the photos, and the co-clustering NMI difference
 (as `mcssl eval concepts --data DIR` scores it: labelled cells only) with a 90 % interval from
 the jackknife over the photos (each left out once). DIR is what `scripts/fetch_photos.sh DIR
---regions` writes.
+--regions` (and `--regions-more`) writes. Checkpoints named after --against join the baselines
+(read the same way), so two runs can be paired over the same photos (round 34).
 
     python docs/results/region_paired.py RESOLUTION LAYER FACET DIR CHECKPOINT [RESAMPLES]
+        [--against CHECKPOINT...]
 """
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -61,11 +64,17 @@ def nmi_all_then_left_out(feats, data, patch: int) -> np.ndarray:
 
 
 def main() -> None:
-    res, layer, facet, folder, ckpt, *rest = sys.argv[1:]
+    args, others = sys.argv[1:], []
+    if "--against" in args:
+        args, others = args[: args.index("--against")], args[args.index("--against") + 1 :]
+    res, layer, facet, folder, ckpt, *rest = args
     resamples = int(rest[0]) if rest else 200
     data = from_folder(folder)
     enc = load_encoder(ckpt)
     runs = featurisers(enc, int(res), int(layer), baselines=True, seed=0, facet=facet)
+    for other in others:  # named by the run folder or file, without its extension
+        run = featurisers(load_encoder(other), int(res), int(layer), False, 0, facet)
+        runs[Path(other).stem] = run["checkpoint"]
     feats = {name: run([d.image for d in data]) for name, run in runs.items()}
     aris = {name: per_photo_ari(labelled(f, data, enc.patch_size)) for name, f in feats.items()}
     names = [d.name for d in data]
